@@ -290,7 +290,7 @@ class SynthSpec:
         if out.any():
             i = int(np.argwhere(out)[0][-1])
             raise ValueError(
-                f"{source}: parameter {self.params[i].name!r} normalized value {n[np.nonzero(out)][0]!r} "
+                f"{source}: parameter {self.params[i].name!r} normalized value {float(n[np.nonzero(out)][0])!r} "
                 "is outside [0, 1]; normalized values must lie in [0, 1]"
             )
         return n
@@ -305,7 +305,7 @@ class SynthSpec:
                 raise ValueError(f"{source}: parameter {p.name!r} is not finite")
             tol = 1e-6 * max(1.0, p.span)
             if np.any(x < p.minimum - tol) or np.any(x > p.maximum + tol):
-                bad = x[(x < p.minimum - tol) | (x > p.maximum + tol)].ravel()[0]
+                bad = float(x[(x < p.minimum - tol) | (x > p.maximum + tol)].ravel()[0])
                 raise ValueError(
                     f"{source}: parameter {p.name!r} value {bad!r} is outside its range "
                     f"[{p.minimum:g}, {p.maximum:g}]"
