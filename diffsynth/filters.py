@@ -667,10 +667,11 @@ def biquad_blocks(
         (``lax.associative_scan``, log depth) or ``"auto"`` (per backend,
         :data:`DEFAULT_INTER_BLOCK`).
       unroll: unroll factor of the within-block recursion (speed only).
-      batch_chunk: process the (flattened) batch in chunks of this many rows, one after
-        the other (``lax.map``), so that each chunk's working set stays in cache;
-        ``"auto"``: about 4096 ``rows x n_blocks`` per chunk on CPU, no chunking on other
-        backends; ``None`` or 0: no chunking. Speed only.
+      batch_chunk: run the within-block passes 1 and 3 on chunks of this many (flattened)
+        batch rows, one after the other (``lax.map``), so that each chunk's working set
+        stays in cache (pass 2 always runs on all rows at once); ``"auto"``: about 4096
+        ``rows x n_blocks`` per chunk on CPU, no chunking on other backends; ``None`` or
+        0: no chunking. Speed only.
 
     Gradients: a custom VJP runs the adjoint (transposed) filter backwards in time with
     the same block-parallel passes, storing only the input and output of each section

@@ -152,6 +152,65 @@ def phase_from_frequency(freq_hz, sample_rate: float, initial_phase=0.0) -> Arra
     return _pair_to_phase(hi, lo, m)
 
 
+@functools.partial(jax.jit, static_argnames=("block_size", "n_samples", "sample_rate"))
+def phase_from_block_frequency(targets_hz, block_size: int, n_samples: int, sample_rate: float,
+                               initial_hz=None, initial_phase=0.0) -> Array:
+    """Phase (cycles, ``[0, 1)``) of an oscillator whose frequency is set once per block.
+
+    The fast path of :func:`phase_from_frequency` for control-rate frequencies: inside block
+    ``b`` of length ``n`` the frequency ramps linearly from the previous block's target to
+    this block's (``f[i] = prev + (target - prev) i / n``, as
+    :func:`diffsynth.control.interpolate_per_block`), so the phase inside a block is a closed
+    form in ``i`` and only the block-start phases need a (short, ``n_blocks``-step) scan.
+    Costs O(n_samples) elementwise work and no per-sample recursion. Same convention as
+    :func:`phase_from_frequency` (increment before output). Precision: the rounded
+    per-sample increment ``f/sr`` and float32 block sums drift from the exact phase by
+    ~3e-5 cycles after 1.5 s of 50..2000 Hz at 44.1 kHz, K = 64 (measured; an SNR ceiling of
+    ~70 dB); use :func:`phase_from_frequency` where long-run exactness matters.
+
+    Args:
+      targets_hz: per-block target frequencies (Hz), shape ``(..., n_blocks)``.
+      block_size: samples per block K (static).
+      n_samples: output length (static).
+      sample_rate: sample rate (Hz), static.
+      initial_hz: frequency before the first block (Hz), broadcastable to ``(...)``;
+        ``None`` means the first block starts at its own target (no ramp).
+      initial_phase: phase (cycles) before the first sample, broadcastable to ``(...)``.
+    Returns:
+      Phase (cycles), shape ``(..., n_samples)``.
+    """
+    from diffsynth.control import block_lengths, n_blocks as _n_blocks
+
+    t = _as_float(targets_hz) / jnp.asarray(sample_rate, jnp.float32)  # cycles/sample
+    nb = _n_blocks(n_samples, block_size)
+    if t.shape[-1] != nb:
+        raise ValueError(f"targets_hz must have n_blocks={nb} on its last axis "
+                         f"(n_samples={n_samples}, block_size={block_size}); got shape {t.shape}")
+    first = t[..., :1] if initial_hz is None else (
+        jnp.broadcast_to(_as_float(initial_hz), t.shape[:-1])[..., None] / sample_rate)
+    prev = jnp.concatenate([first, t[..., :-1]], axis=-1)
+    n = jnp.asarray(block_lengths(n_samples, block_size), jnp.float32)
+    slope = (t - prev) / n
+    # phase advance over a whole block: sum_{i<n} prev + slope i
+    total = n * prev + slope * (n * (n - 1) / 2)
+    steps = jnp.moveaxis(total - jnp.floor(total), -1, 0)
+
+    def advance(c, x):
+        c = c + x
+        return c - jnp.floor(c), c
+
+    init = jnp.broadcast_to(jnp.asarray(initial_phase, jnp.float32), t.shape[:-1])
+    init = init - jnp.floor(init)
+    _, ends = lax.scan(advance, init, steps)
+    starts = jnp.concatenate([init[None], ends[:-1]], axis=0)
+    starts = jnp.moveaxis(starts, 0, -1)
+    i1 = jnp.arange(1, int(block_size) + 1, dtype=jnp.float32)  # samples done incl. this one
+    within = prev[..., None] * i1 + slope[..., None] * (i1 * (i1 - 1) / 2)
+    ph = starts[..., None] + within
+    ph = ph - jnp.floor(ph)
+    return ph.reshape(t.shape[:-1] + (nb * int(block_size),))[..., :int(n_samples)]
+
+
 @functools.partial(jax.jit, static_argnames=("sample_rate",))
 def hard_sync(slave_freq_hz, master_freq_hz, sample_rate: float, master_initial_phase=0.0,
               slave_initial_phase=0.0) -> tuple[Array, Array]:

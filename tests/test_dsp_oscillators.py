@@ -383,3 +383,21 @@ def test_multi_resolution_stft_loss_gradients_finite():
     g = jax.jit(jax.grad(lambda d: losses.multi_resolution_stft_loss(_two_osc(d, 0.5), _TARGET,
                                                                      fft_sizes=(256, 1024))))(1.02)
     assert np.isfinite(float(g))
+
+
+def test_phase_from_block_frequency_matches_per_sample_phase():
+    """The closed-form block-rate phase equals the per-sample phase of the same lerped curve."""
+    from diffsynth.control import interpolate_per_block, n_blocks
+    from diffsynth.oscillators import phase_from_block_frequency, phase_from_frequency
+
+    sr, n, k = 44100, 66150, 64
+    rng = np.random.default_rng(3)
+    targets = jnp.asarray(rng.uniform(50, 2000, (3, n_blocks(n, k))), jnp.float32)
+    fast = phase_from_block_frequency(targets, k, n, sr, initial_hz=100.0, initial_phase=0.25)
+    ref = phase_from_frequency(interpolate_per_block(targets, k, n, 100.0), sr, initial_phase=0.25)
+    d = np.abs(np.asarray(fast) - np.asarray(ref))
+    assert fast.shape == (3, n)
+    assert np.minimum(d, 1 - d).max() < 1e-4
+    g = jax.grad(lambda t: jnp.sum(jnp.sin(2 * np.pi * phase_from_block_frequency(t, k, 640, sr))))(
+        targets[:, :10])
+    assert np.all(np.isfinite(np.asarray(g)))
