@@ -4,12 +4,13 @@ Usage::
 
     python -m proxies.render amsynth (--preset FILE [--index K] | --random SEED)
         [--note 60] [--velocity 100] [--hold 1.0] [--duration 1.5] [--sr 44100]
-        --out OUT.wav [--engine plugin]
+        --out OUT.wav [--engine plugin|proxy]
 
 ``FILE`` may be a bank (``--index`` picks the preset, 0-based), a single preset text or a VST2
 ``.fxp``. ``--random SEED`` samples ``AMSYNTH.sample_normalized(np.random.default_rng(SEED), 1)``.
 The ``plugin`` engine renders through the real plugin with the deterministic protocol of
-:mod:`proxies.host`. The wav is 32-bit float, written atomically; a one-line summary (preset name,
+:mod:`proxies.host`; ``proxy`` renders the same request with the synth's differentiable JAX proxy
+(:mod:`proxies.amsynth.calibration`; noise waveforms come from a fixed PRNG key). The wav is 32-bit float, written atomically; a one-line summary (preset name,
 peak, RMS dB, path) goes to stdout.
 """
 
@@ -49,8 +50,19 @@ def _render_plugin(req: RenderRequest) -> np.ndarray:
                        sample_rate=req.sample_rate)
 
 
-#: engine name -> function(RenderRequest) -> float32 [channels, samples]. Add ``proxy`` here.
-ENGINES: dict[str, Callable[[RenderRequest], np.ndarray]] = {"plugin": _render_plugin}
+def _render_proxy(req: RenderRequest) -> np.ndarray:
+    """The synth's JAX proxy (calibration + render, exact mode). float32 [channels, samples]."""
+    if req.synth != "amsynth":
+        raise RuntimeError(f"no JAX proxy for {req.synth!r}; the proxy engine supports: amsynth")
+    from proxies.amsynth.calibration import ProxyConfig, render_normalized
+
+    config = ProxyConfig(sample_rate=req.sample_rate, duration_s=req.duration_s, note=req.note.pitch,
+                         velocity=req.note.velocity, hold_s=req.note.hold_s)
+    return np.asarray(render_normalized(np.asarray(req.normalized, np.float32)[None], config))[0]
+
+
+#: engine name -> function(RenderRequest) -> float32 [channels, samples].
+ENGINES: dict[str, Callable[[RenderRequest], np.ndarray]] = {"plugin": _render_plugin, "proxy": _render_proxy}
 
 
 def _synths() -> tuple[str, ...]:
