@@ -1,0 +1,504 @@
+"""Training configuration: TOML -> frozen dataclasses that refuse what they do not know.
+
+A config file has one table per section (``[run]``, ``[data]``, ``[features]``, ``[model]``,
+``[loss]``, ``[optim]``, ``[eval]``); every key is optional and defaults to the value declared
+below. A file may start with ``extends = "amsynth.toml"`` (a path relative to it): it then holds
+only the keys that differ from that file. Unknown sections or keys, values of the wrong type, values outside their allowed set or
+range, and inconsistent combinations all fail in :func:`load_config`, before any work starts,
+with a message naming the key, what was expected, what came, and how to fix it.
+
+Command-line overrides use ``--set section.key=value``; the value is parsed as a TOML literal
+(``--set optim.lr=3e-4``, ``--set loss.fft_sizes=[256,1024]``), falling back to a bare string
+(``--set run.name=try2``), and is type-checked like a value from the file.
+
+Derived values (``DataConfig.n_samples``, ``FeatureConfig.n_frames``, ...) are properties
+computed in exactly one place.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A config value that is unknown, mistyped, out of range or inconsistent."""
+
+
+class FrozenMap(dict):
+    """A read-only, hashable dict (so configs stay immutable and hashable)."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("config values are read-only; build a new config instead")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class RunConfig:
+    """[run]: what the run is called and where it goes (``<runs_dir>/<name>/``)."""
+
+    name: str = "amsynth"
+    seed: int = 0  # model init and batch order
+    runs_dir: str = "runs"
+
+    def validate(self) -> None:
+        _require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+                 "run.name", "a non-empty name without '/'", self.name, "pick a plain directory name")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """[data]: which presets are sampled and how they are rendered through the real plugin.
+
+    ``factory_prior_weight`` mixes the two sampling priors: each preset is drawn from the prior
+    fitted to the factory presets with this probability and from the spec's uniform prior
+    otherwise (0 = uniform only, 1 = factory-fitted only). ``frozen`` pins parameters (name ->
+    normalized value) in every sampled preset; frozen parameters are not predicted.
+    """
+
+    synth: Literal["amsynth"] = "amsynth"
+    seed: int = 0  # preset sampling (independent of run.seed, so datasets are shared by runs)
+    n_train: int = 4000
+    n_val: int = 128
+    n_test: int = 256
+    factory_prior_weight: float = 0.0
+    frozen: Mapping[str, float] = field(default_factory=lambda: FrozenMap())
+    sample_rate: int = 16000
+    duration_s: float = 1.0
+    note: int = 60
+    velocity: int = 100
+    hold_s: float = 0.6
+    workers: int = 2
+    shard_size: int = 512
+    audio_dtype: Literal["float16", "float32"] = "float16"
+    cache_dir: str = "data"
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per rendered sound (the one place this is derived)."""
+        return int(round(self.sample_rate * self.duration_s))
+
+    def validate(self) -> None:
+        _require(self.n_train >= 1, "data.n_train", "an integer >= 1", self.n_train)
+        _require(self.n_val >= 1, "data.n_val", "an integer >= 1", self.n_val)
+        _require(self.n_test >= 1, "data.n_test", "an integer >= 1", self.n_test)
+        _require(0.0 <= self.factory_prior_weight <= 1.0, "data.factory_prior_weight",
+                 "a float in [0, 1] (0 = uniform prior, 1 = factory-fitted prior)", self.factory_prior_weight)
+        _require(8000 <= self.sample_rate <= 192000, "data.sample_rate", "an integer in [8000, 192000] Hz",
+                 self.sample_rate)
+        _require(0.05 <= self.duration_s <= 30.0, "data.duration_s", "seconds in [0.05, 30]", self.duration_s)
+        _require(0 <= self.note <= 127, "data.note", "a MIDI note in [0, 127]", self.note)
+        _require(1 <= self.velocity <= 127, "data.velocity", "a MIDI velocity in [1, 127]", self.velocity)
+        _require(0.0 < self.hold_s <= self.duration_s, "data.hold_s",
+                 f"seconds in (0, data.duration_s = {self.duration_s}]", self.hold_s,
+                 "the note must be released inside the render so its release is heard")
+        _require(1 <= self.workers <= 256, "data.workers", "an integer in [1, 256]", self.workers)
+        _require(self.shard_size >= 1, "data.shard_size", "an integer >= 1", self.shard_size)
+        for name, value in self.frozen.items():
+            _require(0.0 <= value <= 1.0, f"data.frozen.{name}", "a normalized value in [0, 1]", value)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """[features]: the network's input, computed in JAX inside the training step.
+
+    ``logmel``: log-mel spectrogram (dB) [frames, n_mels]; ``mfcc``: [frames, n_mfcc];
+    ``raw``: the waveform itself [n_samples]. All use the mono mix of the stereo render.
+    """
+
+    kind: Literal["logmel", "mfcc", "raw"] = "logmel"
+    n_fft: int = 1024
+    hop: int = 256
+    n_mels: int = 64
+    n_mfcc: int = 20
+    f_min_hz: float = 20.0
+    f_max_hz: float = 8000.0
+    top_db: float = 80.0
+
+    def n_frames(self, n_samples: int) -> int:
+        """STFT frames of a centred STFT (librosa ``center=True``) of ``n_samples`` samples."""
+        return 1 + n_samples // self.hop
+
+    def validate(self) -> None:
+        _require(_is_pow2(self.n_fft) and 64 <= self.n_fft <= 8192, "features.n_fft",
+                 "a power of two in [64, 8192]", self.n_fft)
+        _require(1 <= self.hop <= self.n_fft, "features.hop", f"an integer in [1, features.n_fft = {self.n_fft}]",
+                 self.hop)
+        _require(4 <= self.n_mels <= 256, "features.n_mels", "an integer in [4, 256]", self.n_mels)
+        _require(1 <= self.n_mfcc <= self.n_mels, "features.n_mfcc",
+                 f"an integer in [1, features.n_mels = {self.n_mels}]", self.n_mfcc)
+        _require(0.0 <= self.f_min_hz < self.f_max_hz, "features.f_min_hz",
+                 f"a frequency in [0, features.f_max_hz = {self.f_max_hz})", self.f_min_hz)
+        _require(10.0 <= self.top_db <= 200.0, "features.top_db", "a dB range in [10, 200]", self.top_db)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """[model]: the encoder.
+
+    ``cnn``: 2-D CNN on the log-mel spectrogram (default). ``lstm``: LSTM over MFCC frames
+    (deepDIVA, RenderMan). ``rawcnn``: end-to-end raw-audio CNN (InverSynth: a strided 1-D conv
+    front end, then 2-D convolutions over (time, filters)).
+    """
+
+    kind: Literal["cnn", "lstm", "rawcnn"] = "cnn"
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # 2-D conv blocks (cnn, rawcnn)
+    hidden: int = 256  # dense layer before the heads
+    lstm_hidden: int = 128
+    lstm_layers: int = 2
+    raw_filters: int = 64  # rawcnn front end: filters of the 1-D convolutions
+    raw_kernel: int = 64
+    raw_stride: int = 16
+
+    def validate(self) -> None:
+        _require(1 <= len(self.channels) <= 8 and all(1 <= c <= 1024 for c in self.channels), "model.channels",
+                 "1 to 8 integers in [1, 1024]", list(self.channels))
+        _require(1 <= self.hidden <= 8192, "model.hidden", "an integer in [1, 8192]", self.hidden)
+        _require(1 <= self.lstm_hidden <= 4096, "model.lstm_hidden", "an integer in [1, 4096]", self.lstm_hidden)
+        _require(1 <= self.lstm_layers <= 8, "model.lstm_layers", "an integer in [1, 8]", self.lstm_layers)
+        _require(1 <= self.raw_filters <= 1024, "model.raw_filters", "an integer in [1, 1024]", self.raw_filters)
+        _require(2 <= self.raw_kernel <= 4096, "model.raw_kernel", "an integer in [2, 4096]", self.raw_kernel)
+        _require(1 <= self.raw_stride <= self.raw_kernel, "model.raw_stride",
+                 f"an integer in [1, model.raw_kernel = {self.raw_kernel}]", self.raw_stride)
+
+
+#: amsynth parameters whose spectral-loss gradient (through the proxy, at a parameter-trained
+#: model's predictions) points towards the target value for >= 60 % of the gradient mass. Pitch
+#: and LFO-rate gradients point away (osc2_detune 9 %, lfo_freq 40 %), categorical ones are at
+#: chance or below; those parameters learn from the parameter loss only.
+SPECTRAL_PARAMS_DEFAULT = ("amp_attack", "amp_decay", "amp_sustain", "amp_release", "filter_env_amount",
+                           "filter_cutoff", "osc_mix_mode", "osc1_pulsewidth", "osc2_pulsewidth", "reverb_damp",
+                           "reverb_width", "amp_mod_amount")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """[loss]: what the encoder is trained on.
+
+    ``param``: parameter loss only (MSE on normalized continuous values + cross-entropy on
+    categoricals). ``spectral``: multi-resolution STFT distance between the proxy's render of the
+    prediction (relaxed mode: categoricals as probability mixtures) and the target audio.
+    ``hybrid``: ``warmup_steps`` of parameter loss only, then a linear ramp over ``ramp_steps``
+    of the spectral weight from 0 to ``spectral_weight`` while the parameter weight goes from
+    ``param_weight`` to ``hybrid_param_weight_end`` (Masuda & Saito).
+    """
+
+    schedule: Literal["param", "spectral", "hybrid"] = "hybrid"
+    param_weight: float = 1.0
+    categorical_weight: float = 0.1  # cross-entropy relative to the continuous MSE
+    spectral_weight: float = 1.0
+    hybrid_param_weight_end: float = 0.1
+    warmup_steps: int = 500
+    ramp_steps: int = 500
+    fft_sizes: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+    spectral_batch_size: int = 0  # sounds of each batch rendered by the proxy (0: the whole batch)
+    balance_spectral_grads: bool = True  # each parameter gets an equal share (losses.balance_gradients)
+    categorical_relaxation: Literal["softmax", "straight_through"] = "straight_through"
+    # Parameters whose outputs receive the spectral gradient (the others get only the parameter
+    # loss): those whose spectral-loss gradient points towards the target (measured; see
+    # training/losses.py). ["all"] = every learned parameter, categoricals included.
+    spectral_params: tuple[str, ...] = SPECTRAL_PARAMS_DEFAULT
+
+    def validate(self) -> None:
+        for key in ("param_weight", "categorical_weight", "spectral_weight", "hybrid_param_weight_end"):
+            v = getattr(self, key)
+            _require(v >= 0.0 and math.isfinite(v), f"loss.{key}", "a finite float >= 0", v)
+        _require(self.warmup_steps >= 0, "loss.warmup_steps", "an integer >= 0", self.warmup_steps)
+        _require(self.ramp_steps >= 0, "loss.ramp_steps", "an integer >= 0", self.ramp_steps)
+        _require(self.spectral_batch_size >= 0, "loss.spectral_batch_size", "an integer >= 0 (0: whole batch)",
+                 self.spectral_batch_size)
+        _require(len(self.fft_sizes) >= 1 and all(_is_pow2(n) and 16 <= n <= 8192 for n in self.fft_sizes),
+                 "loss.fft_sizes", "1 or more powers of two in [16, 8192]", list(self.fft_sizes))
+        if self.schedule == "param":
+            _require(self.param_weight > 0, "loss.param_weight", "> 0 with loss.schedule = 'param'", self.param_weight)
+        if self.schedule in ("spectral", "hybrid"):
+            _require(self.spectral_weight > 0, "loss.spectral_weight",
+                     f"> 0 with loss.schedule = {self.schedule!r}", self.spectral_weight)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """[optim]: optax optimiser, batch and step budget, logging and checkpoint cadence."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_warmup_steps: int = 100  # linear warm-up from 0; capped at steps // 2
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 1.0  # 0 disables clipping
+    batch_size: int = 32
+    steps: int = 2000
+    log_every: int = 25
+    eval_every: int = 500
+    checkpoint_every: int = 250
+
+    @property
+    def effective_lr_warmup_steps(self) -> int:
+        return min(self.lr_warmup_steps, self.steps // 2)
+
+    def validate(self) -> None:
+        _require(0.0 < self.lr <= 1.0, "optim.lr", "a learning rate in (0, 1]", self.lr)
+        _require(self.lr_warmup_steps >= 0, "optim.lr_warmup_steps", "an integer >= 0", self.lr_warmup_steps)
+        _require(self.weight_decay >= 0.0, "optim.weight_decay", "a float >= 0", self.weight_decay)
+        _require(self.grad_clip_norm >= 0.0, "optim.grad_clip_norm", "a float >= 0 (0 disables)", self.grad_clip_norm)
+        _require(1 <= self.batch_size <= 65536, "optim.batch_size", "an integer in [1, 65536]", self.batch_size)
+        _require(self.steps >= 1, "optim.steps", "an integer >= 1", self.steps)
+        for key in ("log_every", "eval_every", "checkpoint_every"):
+            _require(getattr(self, key) >= 1, f"optim.{key}", "an integer >= 1", getattr(self, key))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """[eval]: validation during training and the final real-plugin evaluation.
+
+    ``val_distance`` picks the number that selects the best checkpoint: ``plugin`` re-renders
+    the validation predictions through the real plugin and takes the multi-resolution STFT
+    distance (honest, costs a pool of renders per evaluation); ``param`` uses the parameter loss.
+    The final evaluation uses ``n_random`` held-out random presets (from the test split) and
+    ``n_factory`` factory presets.
+    """
+
+    n_random: int = 256
+    n_factory: int = 256
+    val_distance: Literal["plugin", "param"] = "plugin"
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        _require(self.n_random >= 1, "eval.n_random", "an integer >= 1", self.n_random)
+        _require(self.n_factory >= 0, "eval.n_factory", "an integer >= 0 (0 skips factory presets)", self.n_factory)
+        _require(1 <= self.batch_size <= 65536, "eval.batch_size", "an integer in [1, 65536]", self.batch_size)
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "features": FeatureConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "eval": EvalConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.runs_dir) / self.run.name
+
+    def validate(self) -> "Config":
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        d, f = self.data, self.features
+        _require(f.f_max_hz <= d.sample_rate / 2, "features.f_max_hz",
+                 f"a frequency <= data.sample_rate / 2 = {d.sample_rate / 2:g} Hz", f.f_max_hz)
+        _require(f.n_fft <= d.n_samples, "features.n_fft",
+                 f"an FFT no longer than the sound (data.n_samples = {d.n_samples})", f.n_fft)
+        _require(max(self.loss.fft_sizes) <= d.n_samples, "loss.fft_sizes",
+                 f"FFT sizes no longer than the sound (data.n_samples = {d.n_samples})", list(self.loss.fft_sizes))
+        _require(self.eval.n_random <= d.n_test, "eval.n_random",
+                 f"at most data.n_test = {d.n_test} held-out random presets", self.eval.n_random,
+                 "raise data.n_test or lower eval.n_random")
+        _require(self.loss.spectral_batch_size <= self.optim.batch_size, "loss.spectral_batch_size",
+                 f"at most optim.batch_size = {self.optim.batch_size}", self.loss.spectral_batch_size)
+        _require(self.optim.batch_size <= d.n_train, "optim.batch_size",
+                 f"at most data.n_train = {d.n_train}", self.optim.batch_size)
+        if self.model.kind == "rawcnn":
+            _require(self.model.raw_kernel <= d.n_samples, "model.raw_kernel",
+                     f"at most data.n_samples = {d.n_samples}", self.model.raw_kernel)
+        _check_frozen(self.data)
+        _check_spectral_params(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict (tuples as lists); :func:`from_dict` inverts it."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_json_default))
+
+
+# ---------------------------------------------------------------------------------------- loading
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML config (or the defaults when ``path`` is None), apply ``--set`` overrides,
+    check every key, value and combination, and return the frozen :class:`Config`."""
+    raw: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
+    for item in overrides:
+        section, key, value = parse_override(item)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"[{section}] in the config file is not a table")
+        raw[section][key] = value
+    return from_dict(raw)
+
+
+def _read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as nested dicts, with ``extends = "other.toml"`` (relative to the file)
+    resolved: the other file's tables first, this file's keys on top."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; expected a TOML file such as "
+                          "configs/amsynth.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected a file name such as \"amsynth.toml\", got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen + (path.resolve(),):
+        raise ConfigError(f"{path}: extends {base!r} makes a cycle; expected a chain that ends in a file "
+                          "without `extends`")
+    merged = _read_toml(base_path, _seen + (path.resolve(),))
+    for section, table in raw.items():
+        if isinstance(table, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **table}
+        else:
+            merged[section] = table
+    return merged
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (as TOML gives them)."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config section [{unknown[0]}]; expected one of: "
+                          f"{', '.join('[' + s + ']' for s in SECTIONS)}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{name}] must be a table of key = value pairs, got {type(table).__name__}")
+        sections[name] = _build_section(name, cls, table)
+    return Config(**sections).validate()
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """``"section.key=value"`` -> (section, key, parsed value). The value is a TOML literal
+    (numbers, booleans, strings in quotes, [lists], {inline tables}) or else a bare string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value (e.g. --set optim.lr=3e-4)")
+    lhs, text = item.split("=", 1)
+    parts = lhs.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected section.key=value with exactly one dot on the left "
+                          f"(e.g. --set optim.lr=3e-4), got {lhs.strip()!r}")
+    section, key = parts
+    if section not in SECTIONS:
+        raise ConfigError(f"--set {item!r}: unknown section {section!r}; expected one of: {', '.join(SECTIONS)}")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word: run.name=try2, features.kind=mfcc
+    return section, key, value
+
+
+def _build_section(section: str, cls: type, table: Mapping[str, Any]):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {section}.{unknown[0]}; expected one of: {', '.join(fields)}")
+    values = {key: _coerce(f"{section}.{key}", hints[key], value) for key, value in table.items()}
+    return cls(**values)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``hint``; return it in the dataclass's type."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed or type(value) is not type(allowed[0]):
+            raise ConfigError(f"{key} = {value!r} is not allowed; expected one of: "
+                              f"{', '.join(repr(a) for a in allowed)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__}); "
+                              "quote it in TOML")
+        return value
+    if origin is tuple:
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list such as [64, 128], got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", item_hint, v) for i, v in enumerate(value))
+    if origin in (collections.abc.Mapping, dict):
+        _key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected an inline table such as {{ name = 0.5 }}, got {value!r}")
+        return FrozenMap({str(k): _coerce(f"{key}.{k}", value_hint, v) for k, v in value.items()})
+    raise TypeError(f"config field {key} has an unsupported annotation {hint!r}")  # a bug here, not user input
+
+
+def _check_frozen(data: DataConfig) -> None:
+    from training.data import spec_of  # local: keeps config importable without the synth stack
+
+    spec = spec_of(data.synth)
+    for name in data.frozen:
+        if not spec.has(name):
+            raise ConfigError(f"data.frozen.{name}: {data.synth} has no parameter {name!r}; expected names: "
+                              f"{', '.join(spec.names)}")
+
+
+def _check_spectral_params(cfg: "Config") -> None:
+    from training.data import spec_of
+
+    names = cfg.loss.spectral_params
+    if names == ("all",):
+        return
+    spec = spec_of(cfg.data.synth)
+    learned = [p.name for p in spec.params if p.prior != "fixed" and p.name not in cfg.data.frozen]
+    _require(len(names) >= 1, "loss.spectral_params", 'at least one parameter name, or ["all"]', list(names))
+    for name in names:
+        _require(name in learned, "loss.spectral_params", f"names of learned {cfg.data.synth} parameters "
+                 f"(not fixed or frozen), or [\"all\"]; learned: {', '.join(learned)}", name)
+
+
+def _require(ok: bool, key: str, expected: str, got: Any, fix: str = "") -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {got!r}" + (f"; {fix}" if fix else ""))
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Mapping):
+        return dict(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

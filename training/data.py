@@ -1,0 +1,444 @@
+"""Datasets of (real-plugin audio, preset) pairs: sample presets, render them, store shards.
+
+Presets are sampled from the synth's parameter description: the spec's uniform prior, a prior
+fitted to the factory presets (per-parameter histograms / choice frequencies), or a mixture of
+the two (``data.factory_prior_weight``). They are rendered through the **real plugin** with the
+host's worker pool (never through the proxy) and stored as ``.npz`` shards beside a JSON
+manifest, in a directory named by a hash of everything that determines the content:
+
+    <data.cache_dir>/<synth>-<hash12>/manifest.json
+                                     /train-0000.npz  (audio [B, 2, T], normalized, internal, index)
+                                     /val-0000.npz ...
+
+A matching directory is reused. Generation is resumable: every shard is written to a temporary
+file and moved into place with ``os.replace``, so after a kill -9 the finished shards are kept,
+and a missing, partial or corrupt shard is rendered again. With a fixed ``data.seed`` the presets
+are identical, and so is the audio of every preset whose sound does not depend on the plugin's
+global noise generator (``proxies.amsynth.spec.uses_noise``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from proxies.params import SynthSpec
+from training.config import DataConfig
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "factory": 4}
+_HIST_BINS = 20
+_HIST_ALPHA = 0.5  # additive smoothing (pseudo-count per bin / choice) of the factory prior
+
+
+# --------------------------------------------------------------------------------- synth lookups
+def spec_of(synth: str) -> SynthSpec:
+    """The parameter description of a supported synth."""
+    if synth == "amsynth":
+        from proxies.amsynth.spec import AMSYNTH
+
+        return AMSYNTH
+    raise ValueError(f"unknown synth {synth!r}; expected one of: amsynth")
+
+
+def factory_presets(synth: str) -> tuple[list[str], np.ndarray]:
+    """(names, normalized [N, n_params] float64) of the synth's human-made factory presets."""
+    if synth == "amsynth":
+        from proxies.amsynth.presets import load_factory_banks
+
+        out = load_factory_banks()
+        names, normalized = _unpack_factory(out)
+        return list(names), np.asarray(normalized, dtype=np.float64)
+    raise ValueError(f"unknown synth {synth!r}; expected one of: amsynth")
+
+
+def _unpack_factory(out: Any) -> tuple[Sequence[str], np.ndarray]:
+    if isinstance(out, tuple) and len(out) == 2:
+        return out
+    for names_attr, values_attr in (("names", "normalized"),):
+        if hasattr(out, names_attr) and hasattr(out, values_attr):
+            return getattr(out, names_attr), getattr(out, values_attr)
+    raise TypeError(f"load_factory_banks() returned {type(out).__name__}; expected (names, normalized)")
+
+
+# -------------------------------------------------------------------------------------- priors
+@dataclass(frozen=True)
+class FactoryPrior:
+    """Independent per-parameter marginals fitted to factory presets.
+
+    Continuous parameters: a ``_HIST_BINS``-bin histogram over normalized [0, 1] (sample a bin,
+    then uniformly inside it). Stepped parameters: choice frequencies. Both additively smoothed,
+    so every value keeps a non-zero probability.
+    """
+
+    bin_probs: np.ndarray  # [n_params, _HIST_BINS] (continuous rows used)
+    choice_probs: tuple[np.ndarray | None, ...]  # per parameter: [n_steps + 1] or None
+
+    def digest(self) -> str:
+        h = hashlib.sha256(np.ascontiguousarray(self.bin_probs).tobytes())
+        for p in self.choice_probs:
+            h.update(b"-" if p is None else np.ascontiguousarray(p).tobytes())
+        return h.hexdigest()
+
+
+def fit_factory_prior(spec: SynthSpec, normalized: np.ndarray) -> FactoryPrior:
+    """Fit :class:`FactoryPrior` to factory presets ``normalized`` [N, n_params]."""
+    n = np.asarray(normalized, dtype=np.float64)
+    bins = np.zeros((spec.n_params, _HIST_BINS))
+    choices: list[np.ndarray | None] = []
+    cats = spec.category_of(n)
+    for i, p in enumerate(spec.params):
+        if p.is_stepped:
+            counts = np.bincount(cats[:, i].clip(0, p.n_steps), minlength=p.n_steps + 1).astype(np.float64)
+            counts += _HIST_ALPHA
+            choices.append(counts / counts.sum())
+        else:
+            counts, _ = np.histogram(np.clip(n[:, i], 0.0, 1.0), bins=_HIST_BINS, range=(0.0, 1.0))
+            counts = counts.astype(np.float64) + _HIST_ALPHA
+            bins[i] = counts / counts.sum()
+            choices.append(None)
+    return FactoryPrior(bins, tuple(choices))
+
+
+def sample_presets(
+    spec: SynthSpec,
+    rng: np.random.Generator,
+    n: int,
+    factory_prior: FactoryPrior | None = None,
+    factory_weight: float = 0.0,
+    frozen: dict[str, float] | None = None,
+) -> np.ndarray:
+    """``n`` presets as snapped normalized values [n, n_params] (float64).
+
+    Each preset comes from ``factory_prior`` with probability ``factory_weight`` and from the
+    spec's uniform prior otherwise; ``fixed`` parameters take their defaults and ``frozen``
+    parameters (name -> normalized) their given value.
+    """
+    if factory_weight > 0 and factory_prior is None:
+        raise ValueError("factory_weight > 0 needs a factory_prior (see fit_factory_prior)")
+    out = spec.sample_normalized(rng, n, frozen=dict(frozen or {}))
+    use_factory = rng.random(n) < factory_weight
+    if factory_prior is not None and use_factory.any():
+        m = int(use_factory.sum())
+        fp = np.empty((m, spec.n_params))
+        for i, p in enumerate(spec.params):
+            if p.is_stepped:
+                probs = factory_prior.choice_probs[i]
+                fp[:, i] = rng.choice(len(probs), size=m, p=probs) / p.n_steps
+            else:
+                b = rng.choice(_HIST_BINS, size=m, p=factory_prior.bin_probs[i])
+                fp[:, i] = (b + rng.random(m)) / _HIST_BINS
+        keep = np.array([p.prior == "fixed" or p.name in (frozen or {}) for p in spec.params])
+        fp[:, keep] = out[use_factory][:, keep]
+        out[use_factory] = fp
+    return np.asarray(spec.snap_normalized(out), dtype=np.float64)
+
+
+def split_presets(cfg: DataConfig, split: str, spec: SynthSpec | None = None,
+                  factory_prior: FactoryPrior | None = None) -> np.ndarray:
+    """The deterministic presets [n_split, n_params] of ``split`` (train / val / test)."""
+    spec = spec or spec_of(cfg.synth)
+    n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
+    if cfg.factory_prior_weight > 0 and factory_prior is None:
+        factory_prior = fit_factory_prior(spec, factory_presets(cfg.synth)[1])
+    rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM[split]])
+    return sample_presets(spec, rng, n, factory_prior, cfg.factory_prior_weight, dict(cfg.frozen))
+
+
+def factory_eval_presets(cfg: DataConfig, n: int) -> tuple[list[str], np.ndarray]:
+    """``n`` factory presets (names, normalized), a fixed pseudo-random choice given ``data.seed``."""
+    names, normalized = factory_presets(cfg.synth)
+    rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM["factory"]])
+    idx = np.sort(rng.choice(len(names), size=min(n, len(names)), replace=False))
+    return [names[i] for i in idx], normalized[idx]
+
+
+# ------------------------------------------------------------------------------------ rendering
+class PluginRenderer:
+    """Renders normalized presets through the real plugin, with the data config's note.
+
+    A thin adapter around ``proxies.host.RenderPool``: one place that knows the host's API.
+    Use as a context manager; :meth:`render` returns ``(audio [B, 2, n_samples] float32,
+    ok [B] bool)``. Failed presets come back as silence with ``ok`` False.
+    """
+
+    def __init__(self, cfg: DataConfig, workers: int | None = None):
+        self.cfg = cfg
+        self.workers = cfg.workers if workers is None else workers
+        self._pool = None
+
+    def __enter__(self) -> "PluginRenderer":
+        from proxies.host import RenderPool
+
+        self._pool = RenderPool(plugin=self.cfg.synth, workers=self.workers, sample_rate=self.cfg.sample_rate)
+        self._pool.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.__exit__(*exc)
+
+    def notes(self) -> list[Any]:
+        from proxies.host import Note
+
+        c = self.cfg
+        return [Note(pitch=c.note, velocity=c.velocity, start_s=0.0, hold_s=c.hold_s)]
+
+    def render(self, normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._pool is None:
+            raise RuntimeError("PluginRenderer.render outside its `with` block; use `with PluginRenderer(cfg) as r:`")
+        normalized = np.asarray(normalized, dtype=np.float64)
+        audio, failures = self._pool.render_batch(normalized, self.notes(), self.cfg.duration_s)
+        audio = np.asarray(audio, dtype=np.float32)
+        n_samples = self.cfg.n_samples
+        if audio.ndim != 3 or audio.shape[0] != len(normalized) or audio.shape[1] != 2:
+            raise RuntimeError(f"render pool returned audio of shape {audio.shape}; expected "
+                               f"[{len(normalized)}, 2, {n_samples}]")
+        if audio.shape[2] < n_samples:  # pad / crop to the one derived length
+            audio = np.pad(audio, ((0, 0), (0, 0), (0, n_samples - audio.shape[2])))
+        audio = audio[:, :, :n_samples]
+        ok = np.ones(len(normalized), dtype=bool)
+        for f in failures or ():
+            ok[_failure_index(f)] = False
+        audio[~ok] = 0.0
+        if not np.all(np.isfinite(audio[ok])):
+            bad = ~np.isfinite(audio).reshape(len(audio), -1).all(axis=1)
+            ok &= ~bad
+            audio[bad] = 0.0
+        return audio, ok
+
+
+def _failure_index(f: Any) -> int:
+    if isinstance(f, (int, np.integer)):
+        return int(f)
+    if isinstance(f, (tuple, list)) and f:
+        return int(f[0])
+    for attr in ("index", "i", "row"):
+        if hasattr(f, attr):
+            return int(getattr(f, attr))
+    raise TypeError(f"cannot read a preset index from render failure {f!r}")
+
+
+# ----------------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class Split:
+    """One split in memory: ``audio`` [N, 2, T] (float16 or float32), ``normalized`` and
+    ``internal`` [N, n_params], ``index`` [N] (row in the split's preset list)."""
+
+    audio: np.ndarray
+    normalized: np.ndarray
+    internal: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    manifest: dict[str, Any]
+    train: Split
+    val: Split
+    test: Split
+
+
+def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | None) -> dict[str, Any]:
+    """Everything that determines the dataset's content (not ``workers`` or ``cache_dir``)."""
+    fields = dataclasses.asdict(cfg)
+    for k in ("workers", "cache_dir"):
+        fields.pop(k)
+    fields["frozen"] = dict(sorted(cfg.frozen.items()))
+    spec_hash = hashlib.sha256(json.dumps(spec.table(), sort_keys=True, default=str).encode()).hexdigest()
+    return {
+        "format_version": FORMAT_VERSION,
+        "data": fields,
+        "spec_sha256": spec_hash,
+        "factory_prior_sha256": prior.digest() if prior is not None else None,
+    }
+
+
+def dataset_dir(cfg: DataConfig, fingerprint: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir) / f"{cfg.synth}-{digest}"
+
+
+def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], None] = print) -> Dataset:
+    """Load the dataset for ``cfg``, rendering whatever shards are missing or damaged."""
+    spec = spec_of(cfg.synth)
+    prior = fit_factory_prior(spec, factory_presets(cfg.synth)[1]) if cfg.factory_prior_weight > 0 else None
+    fingerprint = data_fingerprint(cfg, spec, prior)
+    root = dataset_dir(cfg, fingerprint)
+    root.mkdir(parents=True, exist_ok=True)
+    for tmp in root.glob("*.tmp*"):  # leftovers of a killed writer
+        tmp.unlink(missing_ok=True)
+    presets = {s: split_presets(cfg, s, spec, prior) for s in SPLITS}
+    plan = [(s, k, rows) for s in SPLITS for k, rows in enumerate(_shard_rows(len(presets[s]), cfg.shard_size))]
+
+    manifest_path = root / "manifest.json"
+    manifest = _read_json(manifest_path) or {}
+    if manifest.get("fingerprint") not in (None, fingerprint):
+        raise RuntimeError(f"{manifest_path} describes a different dataset (hash collision or edited file); "
+                           f"delete {root} and rerun")
+    shards_info: dict[str, Any] = dict(manifest.get("shards", {}))
+
+    todo = []
+    for split, k, rows in plan:
+        name = f"{split}-{k:04d}.npz"
+        if _shard_valid(root / name, presets[split][rows], rows, cfg):
+            continue
+        todo.append((split, k, rows, name))
+    if todo:
+        n_render = sum(len(r) for _, _, r, _ in todo)
+        log(f"[data] {root}: rendering {n_render} presets in {len(todo)} shard(s) through the real "
+            f"{cfg.synth} plugin ({cfg.workers} workers)")
+        _write_json(manifest_path, _manifest(fingerprint, cfg, shards_info, complete=False))
+        t0 = time.perf_counter()
+        with PluginRenderer(cfg) as renderer, _progress(n_render, progress) as bar:
+            for split, k, rows, name in todo:
+                audio, ok = _render_chunks(renderer, presets[split][rows], bar)
+                rows_ok = np.asarray(rows)[ok]
+                failed = np.asarray(rows)[~ok]
+                if len(failed):
+                    log(f"[data] {split} shard {k}: {len(failed)} preset(s) failed to render and are dropped: "
+                        f"rows {failed.tolist()[:10]}{' ...' if len(failed) > 10 else ''}")
+                normalized = presets[split][rows_ok]
+                _atomic_savez(root / name, audio=audio[ok].astype(cfg.audio_dtype), normalized=normalized,
+                              internal=np.asarray(spec.normalized_to_internal(normalized), dtype=np.float32),
+                              index=rows_ok.astype(np.int64), failed=failed.astype(np.int64))
+                shards_info[name] = {"split": split, "rows": len(rows), "kept": int(ok.sum()),
+                                     "failed": failed.tolist()}
+                _write_json(manifest_path, _manifest(fingerprint, cfg, shards_info, complete=False))
+        dt = time.perf_counter() - t0
+        log(f"[data] rendered {n_render} presets in {dt:.1f} s ({n_render / max(dt, 1e-9):.1f} renders/s)")
+        render_stats = {"renders": n_render, "seconds": round(dt, 3),
+                        "renders_per_s": round(n_render / max(dt, 1e-9), 2), "workers": cfg.workers}
+    else:
+        render_stats = manifest.get("render_stats")
+    manifest = _manifest(fingerprint, cfg, shards_info, complete=True)
+    manifest["render_stats"] = render_stats
+    _write_json(manifest_path, manifest)
+    splits = {s: _load_split(root, s, [k for (sp, k, _) in plan if sp == s]) for s in SPLITS}
+    return Dataset(root=root, manifest=manifest, **splits)
+
+
+def _manifest(fingerprint: dict[str, Any], cfg: DataConfig, shards: dict[str, Any], complete: bool) -> dict:
+    return {
+        "fingerprint": fingerprint,
+        "complete": complete,
+        "n_samples": cfg.n_samples,
+        "splits": {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test},
+        "shards": dict(sorted(shards.items())),
+    }
+
+
+def _shard_rows(n: int, shard_size: int) -> list[np.ndarray]:
+    return [np.arange(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+
+
+def _render_chunks(renderer: PluginRenderer, normalized: np.ndarray, bar: Any, chunk: int = 64):
+    audios, oks = [], []
+    for a in range(0, len(normalized), chunk):
+        audio, ok = renderer.render(normalized[a:a + chunk])
+        audios.append(audio)
+        oks.append(ok)
+        bar.update(len(audio))
+    return np.concatenate(audios), np.concatenate(oks)
+
+
+def _shard_valid(path: Path, expected: np.ndarray, rows: np.ndarray, cfg: DataConfig) -> bool:
+    """A finished shard: readable, complete, and holding exactly the expected presets."""
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as z:
+            index, failed, normalized = z["index"], z["failed"], z["normalized"]
+            audio_shape, audio_dtype = z["audio"].shape, z["audio"].dtype
+            _ = z["internal"].shape
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+    if sorted(index.tolist() + failed.tolist()) != list(map(int, rows)):
+        return False
+    if audio_shape != (len(index), 2, cfg.n_samples) or str(audio_dtype) != cfg.audio_dtype:
+        return False
+    return bool(np.array_equal(normalized, expected[index - rows[0]]))
+
+
+def _load_split(root: Path, split: str, shard_ids: Sequence[int]) -> Split:
+    parts: dict[str, list[np.ndarray]] = {"audio": [], "normalized": [], "internal": [], "index": []}
+    for k in shard_ids:
+        with np.load(root / f"{split}-{k:04d}.npz") as z:
+            for key in parts:
+                parts[key].append(z[key])
+    return Split(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> "_NullBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NullBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="render", desc="render presets", smoothing=0.1, dynamic_ncols=True)
+
+
+def iterate_batches(n: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[np.ndarray]:
+    """Row indices of the batches of training step ``start_step``, ``start_step + 1``, ...
+
+    Batch ``s`` depends only on (seed, s): epoch ``e = s // steps_per_epoch`` uses the
+    permutation ``default_rng([seed, e])`` and takes its ``s % steps_per_epoch``-th slice, so a
+    resumed run sees exactly the batches an uninterrupted run would.
+    """
+    steps_per_epoch = max(1, n // batch_size)
+    step = start_step
+    perm_epoch, perm = -1, None
+    while True:
+        epoch, j = divmod(step, steps_per_epoch)
+        if epoch != perm_epoch:
+            perm = np.random.default_rng([seed, 1000 + epoch]).permutation(n)
+            perm_epoch = epoch
+        yield perm[j * batch_size:(j + 1) * batch_size]
+        step += 1

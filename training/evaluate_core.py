@@ -1,0 +1,299 @@
+"""Evaluation through the real plugin: the pieces ``fit``, ``evaluate`` and ``match`` share.
+
+* :class:`Predictor` / :func:`load_predictor`: a trained run -> ``predict_normalized(audio)``.
+* :func:`audio_metrics`: per-sound multi-resolution STFT distance (``mss``), log-mel L1 (dB)
+  and MFCC L1 between two batches of audio.
+* :func:`param_metrics`: per-sound parameter MAE (continuous learned parameters, normalized)
+  and categorical accuracy.
+* :func:`mean_preset`, :func:`nearest_neighbour`: the baselines.
+* :func:`score_presets`: presets -> real-plugin re-render -> metrics against targets.
+* :func:`evaluate`: the end-of-fit evaluation on held-out random presets and on factory presets,
+  model against baselines; returns the ``{"eval": {"random": {"model": {...}, "mean_preset":
+  {...}, "nearest_neighbour": {...}}, "factory": {...}}}`` block of ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from training.config import Config, from_dict
+from training.data import Dataset, PluginRenderer, factory_eval_presets, spec_of
+from training.features import make_feature_fn
+from training.heads import HeadLayout, hard_normalized, head_layout
+from training.models import make_model
+
+METHODS = ("model", "mean_preset", "nearest_neighbour")
+METRIC_KEYS = ("mss", "logmel_l1", "mfcc_l1", "param_mae", "cat_acc")
+
+
+# ---------------------------------------------------------------------------------- predictor
+@dataclass
+class Predictor:
+    """A trained encoder: real-plugin audio [B, 2, T] -> presets [B, n_params] (normalized,
+    snapped to the plugin's grid, non-predicted parameters at the base preset)."""
+
+    cfg: Config
+    layout: HeadLayout
+    params: Any
+    feature_mean: Any
+    feature_std: Any
+    feature_fn: Callable
+    _apply: Callable = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._apply = _predict_fn(self.cfg.model, self.layout, self.feature_fn)
+
+    def predict_normalized(self, audio: np.ndarray) -> np.ndarray:
+        audio = np.asarray(audio)
+        n_samples = self.cfg.data.n_samples
+        if audio.ndim != 3 or audio.shape[1] != 2 or audio.shape[2] != n_samples:
+            raise ValueError(f"expected audio of shape [batch, 2, {n_samples}] ({self.cfg.data.duration_s} s at "
+                             f"{self.cfg.data.sample_rate} Hz, stereo), got {audio.shape}; render or resample "
+                             "the target with the run's data settings")
+        bs = self.cfg.eval.batch_size
+        out = []
+        for a in range(0, len(audio), bs):
+            chunk = audio[a:a + bs]
+            padded = np.pad(chunk, ((0, bs - len(chunk)), (0, 0), (0, 0)))  # one compiled shape
+            out.append(np.asarray(self._apply(self.params, self.feature_mean, self.feature_std,
+                                              jnp.asarray(padded)))[:len(chunk)])
+        normalized = np.concatenate(out) if out else np.zeros((0, self.layout.spec.n_params))
+        return np.asarray(self.layout.spec.snap_normalized(normalized.astype(np.float64)), dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=16)
+def _predict_fn(model_cfg: Any, layout: HeadLayout, feature_fn: Callable) -> Callable:
+    model = make_model(model_cfg, layout)
+
+    def apply(params, mean, std, audio):
+        features = (feature_fn(audio.astype(jnp.float32)) - mean) / std
+        return hard_normalized(layout, model.apply({"params": params}, features))
+
+    return jax.jit(apply)
+
+
+def load_predictor(run_dir: str | Path, which: str = "best") -> Predictor:
+    """The :class:`Predictor` of a finished (or running) run: ``which`` = ``best`` or ``latest``."""
+    from training.train import Checkpoints, TrainState, make_optimizer
+
+    run_dir = Path(run_dir)
+    if which not in ("best", "latest"):
+        raise ValueError(f"which: expected 'best' or 'latest', got {which!r}")
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found; expected a run directory written by "
+                                "`python -m training.fit` (runs/<name>/)")
+    cfg = from_dict(json.loads(cfg_path.read_text()))
+    layout = head_layout(spec_of(cfg.data.synth), cfg.data.frozen)
+    feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
+    model = make_model(cfg.model, layout)
+    example = feature_fn(jnp.zeros((1, 2, cfg.data.n_samples), jnp.float32))
+    stats_shape = example.shape[-1:] if cfg.features.kind != "raw" else ()
+    params = model.init(jax.random.key(0), example)["params"]
+    tx, _ = make_optimizer(cfg.optim)
+    template = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                                 feature_mean=jnp.zeros(stats_shape), feature_std=jnp.ones(stats_shape))
+    ckpt = Checkpoints(run_dir / "checkpoints")
+    mngr = ckpt.best if which == "best" else ckpt.latest
+    got = ckpt._restore(mngr, template)
+    if got is None:
+        raise FileNotFoundError(f"{run_dir}/checkpoints/{which} holds no checkpoint; train first "
+                                f"(python -m training.fit --config ... --set run.name={run_dir.name})")
+    state = got[0]
+    return Predictor(cfg, layout, state.params, state.feature_mean, state.feature_std, feature_fn)
+
+
+# ---------------------------------------------------------------------------------- metrics
+@functools.lru_cache(maxsize=8)
+def _metric_fn(sample_rate: int) -> Callable:
+    from diffsynth import losses
+
+    def per_item(pred: jax.Array, target: jax.Array) -> dict[str, jax.Array]:
+        # [B, 2, T] -> per-sound metrics: each channel scored as a signal, then averaged.
+        out = {
+            "mss": losses.multi_resolution_stft_loss(pred, target),
+            "logmel_l1": losses.log_mel_l1(pred, target, sample_rate),
+            "mfcc_l1": losses.mfcc_l1(pred, target, sample_rate),
+        }
+        return {k: v.mean(axis=-1) for k, v in out.items()}
+
+    return jax.jit(per_item)
+
+
+def audio_metrics(pred_audio: np.ndarray, target_audio: np.ndarray, sample_rate: int,
+                  batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Per-sound ``mss`` (multi-resolution STFT distance, FFT 64..2048, linear + log magnitude),
+    ``logmel_l1`` (dB) and ``mfcc_l1`` between ``pred_audio`` and ``target_audio`` [B, 2, T]."""
+    pred_audio, target_audio = np.asarray(pred_audio, np.float32), np.asarray(target_audio, np.float32)
+    if pred_audio.shape != target_audio.shape:
+        raise ValueError(f"audio_metrics: prediction {pred_audio.shape} and target {target_audio.shape} differ; "
+                         "expected the same [batch, 2, n_samples]")
+    fn = _metric_fn(int(sample_rate))
+    out: dict[str, list[np.ndarray]] = {}
+    for a in range(0, len(pred_audio), batch_size):
+        n = min(batch_size, len(pred_audio) - a)
+        pad = ((0, batch_size - n), (0, 0), (0, 0))
+        m = fn(jnp.asarray(np.pad(pred_audio[a:a + n], pad)), jnp.asarray(np.pad(target_audio[a:a + n], pad)))
+        for k, v in m.items():
+            out.setdefault(k, []).append(np.asarray(v)[:n])
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()} if out else \
+        {"mss": np.zeros(0), "logmel_l1": np.zeros(0), "mfcc_l1": np.zeros(0)}
+
+
+def param_metrics(layout: HeadLayout, pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sound ``param_mae`` (mean |error| of the continuous learned parameters, normalized)
+    and ``cat_acc`` (fraction of categorical learned parameters whose choice is right)."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    cont = list(layout.continuous)
+    mae = np.abs(pred[:, cont] - target[:, cont]).mean(axis=1) if cont else np.zeros(len(pred))
+    cat = list(layout.categorical)
+    spec = layout.spec
+    acc = (spec.category_of(pred)[:, cat] == spec.category_of(target)[:, cat]).mean(axis=1) if cat else \
+        np.ones(len(pred))
+    return {"param_mae": mae, "cat_acc": acc}
+
+
+# ---------------------------------------------------------------------------------- baselines
+def mean_preset(layout: HeadLayout, train_normalized: np.ndarray) -> np.ndarray:
+    """The mean training preset [n_params]: mean of each continuous parameter, most frequent
+    choice of each categorical one, base values elsewhere."""
+    spec = layout.spec
+    out = np.asarray(layout.base_normalized, dtype=np.float64).copy()
+    out[list(layout.continuous)] = train_normalized[:, list(layout.continuous)].mean(axis=0)
+    cats = spec.category_of(train_normalized)
+    for i, k in zip(layout.categorical, layout.n_choices):
+        out[i] = np.bincount(cats[:, i], minlength=k).argmax() / (k - 1)
+    return np.asarray(spec.snap_normalized(out[None]), dtype=np.float64)[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _logmel_fn(sample_rate: int) -> Callable:
+    from diffsynth import spectral
+
+    def f(audio: jax.Array) -> jax.Array:  # [B, 2, T] -> flattened log-mel of the mono mix [B, D]
+        mel = spectral.log_mel_spectrogram(audio.astype(jnp.float32).mean(axis=1), sample_rate=sample_rate)
+        return mel.reshape(mel.shape[0], -1)
+
+    return jax.jit(f)
+
+
+def logmel_embeddings(audio: np.ndarray, sample_rate: int, batch_size: int = 64) -> np.ndarray:
+    """Flattened log-mel spectrograms [B, D] (float32) of audio [B, 2, T], for nearest neighbours."""
+    fn = _logmel_fn(int(sample_rate))
+    out = []
+    for a in range(0, len(audio), batch_size):
+        n = min(batch_size, len(audio) - a)
+        chunk = np.pad(np.asarray(audio[a:a + n], np.float32), ((0, batch_size - n), (0, 0), (0, 0)))
+        out.append(np.asarray(fn(jnp.asarray(chunk)))[:n])
+    return np.concatenate(out)
+
+
+def nearest_neighbour(train_embeddings: np.ndarray, target_embeddings: np.ndarray) -> np.ndarray:
+    """Index [B] of the training sound closest to each target (Euclidean log-mel distance)."""
+    tr = jnp.asarray(train_embeddings, jnp.float32)
+    tr_sq = jnp.sum(tr * tr, axis=1)
+    out = []
+    for a in range(0, len(target_embeddings), 256):
+        t = jnp.asarray(target_embeddings[a:a + 256], jnp.float32)
+        d = tr_sq[None, :] - 2.0 * t @ tr.T  # + |t|^2, constant per row
+        out.append(np.asarray(jnp.argmin(d, axis=1)))
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------- scoring
+def score_presets(renderer: PluginRenderer, layout: HeadLayout, presets: np.ndarray, target_audio: np.ndarray,
+                  target_normalized: np.ndarray | None, sample_rate: int) -> dict[str, np.ndarray]:
+    """Re-render ``presets`` [B, n_params] through the real plugin and score against the targets.
+
+    Returns per-sound arrays (``mss``, ``logmel_l1``, ``mfcc_l1``, and ``param_mae`` /
+    ``cat_acc`` when ``target_normalized`` is given) plus ``ok`` (rendered without failure)."""
+    audio, ok = renderer.render(presets)
+    m = audio_metrics(audio, np.asarray(target_audio, np.float32), sample_rate)
+    if target_normalized is not None:
+        m.update(param_metrics(layout, presets, target_normalized))
+    m["ok"] = ok
+    return m
+
+
+def _summarise(m: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
+    ok = m["ok"] & np.all([np.isfinite(m[k]) for k in ("mss", "logmel_l1", "mfcc_l1")], axis=0)
+    out = {k: float(np.mean(m[k][ok])) for k in METRIC_KEYS if k in m}
+    out.update(n=int(ok.sum()), failed=int((~ok).sum()), seconds_per_target=seconds / max(len(ok), 1))
+    return out
+
+
+def evaluate_targets(predictor: Predictor, renderer: PluginRenderer, target_audio: np.ndarray,
+                     target_normalized: np.ndarray, train_normalized: np.ndarray, train_embeddings: np.ndarray,
+                     mean: np.ndarray) -> dict[str, dict[str, float]]:
+    """Model, mean-preset and nearest-neighbour scores on one target set."""
+    layout, sr = predictor.layout, predictor.cfg.data.sample_rate
+    results = {}
+    t0 = time.perf_counter()
+    pred = predictor.predict_normalized(target_audio)
+    t_pred = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    m = score_presets(renderer, layout, pred, target_audio, target_normalized, sr)
+    results["model"] = _summarise(m, t_pred + (time.perf_counter() - t0) / 2)
+
+    t0 = time.perf_counter()
+    means = np.broadcast_to(mean, pred.shape).copy()
+    m = score_presets(renderer, layout, means, target_audio, target_normalized, sr)
+    results["mean_preset"] = _summarise(m, time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    nn_idx = nearest_neighbour(train_embeddings, logmel_embeddings(target_audio, sr))
+    m = score_presets(renderer, layout, train_normalized[nn_idx], target_audio, target_normalized, sr)
+    results["nearest_neighbour"] = _summarise(m, time.perf_counter() - t0)
+    return results
+
+
+def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: PluginRenderer | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """End-of-fit evaluation: held-out random presets (test split) and factory presets, each
+    re-rendered through the real plugin; model vs mean preset vs nearest neighbour. Uses
+    ``renderer`` (an entered :class:`PluginRenderer`) or opens its own."""
+    t0 = time.perf_counter()
+    layout = predictor.layout
+    train = dataset.train
+    train_emb = logmel_embeddings(train.audio, cfg.data.sample_rate)
+    mean = mean_preset(layout, train.normalized)
+    out: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        if renderer is None:
+            renderer = stack.enter_context(PluginRenderer(cfg.data))
+        n = cfg.eval.n_random
+        test = dataset.test
+        out["random"] = evaluate_targets(predictor, renderer, test.audio[:n].astype(np.float32),
+                                         test.normalized[:n], train.normalized, train_emb, mean)
+        if cfg.eval.n_factory > 0:
+            names, factory = factory_eval_presets(cfg.data, cfg.eval.n_factory)
+            factory_audio, ok = renderer.render(factory)
+            if not ok.all():
+                log(f"[eval] {int((~ok).sum())} factory preset(s) failed to render and are skipped: "
+                    f"{[nm for nm, k in zip(names, ok) if not k][:5]}")
+            out["factory"] = evaluate_targets(predictor, renderer, factory_audio[ok], factory[ok],
+                                              train.normalized, train_emb, mean)
+    return {"eval": out, "timing": {"eval_s": time.perf_counter() - t0}}
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A short text table of ``summary["eval"]`` (lower is better except cat_acc)."""
+    lines = [f"{'set':<8} {'method':<18} {'mss':>8} {'logmel_l1':>10} {'mfcc_l1':>9} {'param_mae':>10} "
+             f"{'cat_acc':>8} {'n':>5}"]
+    for set_name, methods in summary["eval"].items():
+        for method, m in methods.items():
+            lines.append(f"{set_name:<8} {method:<18} {m.get('mss', float('nan')):8.4f} "
+                         f"{m.get('logmel_l1', float('nan')):10.3f} {m.get('mfcc_l1', float('nan')):9.3f} "
+                         f"{m.get('param_mae', float('nan')):10.4f} {m.get('cat_acc', float('nan')):8.3f} "
+                         f"{m.get('n', 0):5d}")
+    return "\n".join(lines)

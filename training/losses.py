@@ -1,0 +1,143 @@
+"""Training losses: parameter loss, spectral loss through the proxy, and their schedules.
+
+* :func:`param_loss`: MSE on the normalized continuous learned parameters plus
+  ``categorical_weight`` x the mean cross-entropy of the categorical heads.
+* :func:`spectral_loss`: multi-resolution STFT distance between the proxy's relaxed render of
+  the prediction (continuous outputs as they are, categoricals as softmax mixtures) and the
+  target audio (real-plugin renders).
+* :func:`schedule_weights`: (parameter weight, spectral weight) at a training step for the
+  ``param``, ``spectral`` and ``hybrid`` schedules.
+
+Every loss returns ``(loss, aux)`` with ``aux`` a dict of scalars, whatever the flags.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from training.config import LossConfig
+from training.heads import HeadLayout, Prediction, relaxed_inputs
+
+#: ``render_fn(normalized [B, n_params], probs {name: [B, k]}, key) -> audio [B, 2, T]``
+RenderFn = Callable[[jax.Array, dict[str, jax.Array], jax.Array], jax.Array]
+#: ``distance_fn(audio [B, 2, T], target [B, 2, T]) -> scalar`` (multi-resolution STFT distance)
+DistanceFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def param_loss(prediction: Prediction, targets: dict[str, jax.Array],
+               categorical_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Parameter loss of ``prediction`` against ``targets`` (see ``heads.targets_from_normalized``).
+
+    Returns ``(loss, {"param_mse", "param_ce", "param_acc"})``; MSE averages over batch and
+    continuous parameters, cross-entropy and accuracy over batch and categorical parameters.
+    """
+    cont, target_cont = prediction["continuous"], targets["continuous"]
+    mse = jnp.mean((cont - target_cont) ** 2) if cont.shape[-1] else jnp.zeros(())
+    ces, accs = [], []
+    for j, logits in enumerate(prediction["logits"]):
+        labels = targets["choice"][:, j]
+        ces.append(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        accs.append(jnp.argmax(logits, axis=-1) == labels)
+    ce = jnp.mean(jnp.stack(ces)) if ces else jnp.zeros(())
+    acc = jnp.mean(jnp.stack(accs).astype(jnp.float32)) if accs else jnp.ones(())
+    return mse + categorical_weight * ce, {"param_mse": mse, "param_ce": ce, "param_acc": acc}
+
+
+@jax.custom_vjp
+def balance_gradients(continuous: jax.Array, logits: tuple[jax.Array, ...],
+                      strength: jax.Array) -> tuple[jax.Array, tuple]:
+    """Identity forward; backward, every predicted parameter gets a gradient of equal size.
+
+    A spectral loss's gradient with respect to pitch-like parameters (LFO rate, detune, FM depth)
+    is 100-1000x larger than with respect to envelopes, levels or the filter, and mostly
+    uninformative (the loss is not convex in frequency). Passed to a shared network as it is, it
+    swamps everything else. Here each parameter's cotangent (a column of ``continuous``
+    [B, n]; a whole ``logits[j]`` [B, k]) is divided by its RMS over the batch, so each
+    parameter pulls with the strength of a unit error, like Adam per parameter in direct
+    optimisation. RMS values below 1e-3 of the largest are floored there, so parameters with
+    (numerically) no gradient stay near zero instead of being amplified. Scaled by
+    1 / (B x n_parameters), the gradient size of a mean absolute error, times ``strength`` (the
+    loss weight, which the normalisation would otherwise cancel; it gets no gradient).
+    """
+    return continuous, logits
+
+
+def _balance_fwd(continuous, logits, strength):
+    return (continuous, logits), strength
+
+
+def _balance_bwd(strength, cotangents):
+    g_cont, g_logits = cotangents
+    b = g_cont.shape[0]
+    rms = [jnp.sqrt(jnp.mean(jnp.square(g_cont), axis=0))] + [jnp.sqrt(jnp.mean(jnp.square(g)))[None]
+                                                              for g in g_logits]
+    rms_all = jnp.concatenate(rms)
+    n = rms_all.shape[0]
+    floor = 1e-3 * jnp.max(rms_all) + 1e-30
+    scale = strength / (b * n)
+    out_cont = g_cont / jnp.maximum(rms[0], floor) * scale
+    out_logits = tuple(g / jnp.maximum(r[0], floor) * scale for g, r in zip(g_logits, rms[1:]))
+    return out_cont, out_logits, jnp.zeros_like(strength)
+
+
+balance_gradients.defvjp(_balance_fwd, _balance_bwd)
+
+
+def _stop_gradient_except(layout: HeadLayout, prediction: Prediction, names: tuple[str, ...]) -> Prediction:
+    spec = layout.spec
+    keep = jnp.asarray([spec.params[i].name in names for i in layout.continuous], dtype=bool)
+    cont = prediction["continuous"]
+    cont = jnp.where(keep[None, :], cont, jax.lax.stop_gradient(cont))
+    logits = tuple(l if name in names else jax.lax.stop_gradient(l)
+                   for l, name in zip(prediction["logits"], layout.categorical_names))
+    return {"continuous": cont, "logits": logits}
+
+
+def spectral_loss(prediction: Prediction, target_audio: jax.Array, layout: HeadLayout,
+                  render_fn: RenderFn, distance_fn: DistanceFn, key: jax.Array,
+                  balance_strength: jax.Array | None = None, straight_through: bool = False,
+                  spectral_params: tuple[str, ...] = ("all",)) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Multi-resolution STFT distance between the relaxed proxy render of ``prediction`` and
+    ``target_audio`` [B, 2, T]. With ``balance_strength`` (the weight this loss gets), its
+    gradient reaches each predicted parameter with equal strength (:func:`balance_gradients`);
+    multiply the returned loss by the same weight. ``straight_through``: categorical choices
+    rendered hard, with softmax gradients (``heads.relaxed_inputs``). ``spectral_params``: the
+    parameters whose outputs get this loss's gradient (``("all",)``: every one); the rest are
+    rendered at their predicted values without gradient. Returns ``(loss, {"spectral": loss})``."""
+    if spectral_params != ("all",):
+        prediction = _stop_gradient_except(layout, prediction, spectral_params)
+    if balance_strength is not None:
+        cont, logits = balance_gradients(prediction["continuous"], tuple(prediction["logits"]),
+                                         jnp.asarray(balance_strength, jnp.float32))
+        prediction = {"continuous": cont, "logits": logits}
+    normalized, probs = relaxed_inputs(layout, prediction, straight_through=straight_through)
+    audio = render_fn(normalized, probs, key)
+    if audio.shape != target_audio.shape:
+        raise ValueError(f"proxy render has shape {audio.shape}, target audio {target_audio.shape}; "
+                         "expected the same [batch, 2, n_samples] (check the proxy config's duration)")
+    loss = distance_fn(audio, target_audio.astype(audio.dtype))
+    return loss, {"spectral": loss}
+
+
+def schedule_weights(step: Any, cfg: LossConfig) -> tuple[float, float]:
+    """(parameter weight, spectral weight) at ``step`` (a Python int: the schedule is static).
+
+    ``param``: (param_weight, 0). ``spectral``: (0, spectral_weight). ``hybrid``: parameter loss
+    alone for ``warmup_steps``, then over ``ramp_steps`` the spectral weight rises linearly to
+    ``spectral_weight`` while the parameter weight falls to ``hybrid_param_weight_end``.
+    """
+    if cfg.schedule == "param":
+        return cfg.param_weight, 0.0
+    if cfg.schedule == "spectral":
+        return 0.0, cfg.spectral_weight
+    if cfg.schedule == "hybrid":
+        if step < cfg.warmup_steps:
+            return cfg.param_weight, 0.0
+        r = 1.0 if cfg.ramp_steps == 0 else min(1.0, (step - cfg.warmup_steps + 1) / cfg.ramp_steps)
+        w_param = cfg.param_weight + r * (cfg.hybrid_param_weight_end - cfg.param_weight)
+        return w_param, r * cfg.spectral_weight
+    raise ValueError(f"loss.schedule: expected 'param', 'spectral' or 'hybrid', got {cfg.schedule!r}")

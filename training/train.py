@@ -1,0 +1,426 @@
+"""Training loop: ``train_and_evaluate(config)`` with named ``loss_fn``, ``train_step``, ``eval_step``.
+
+A run lives in ``<run.runs_dir>/<run.name>/``:
+
+    config.json            the resolved config (a rerun must match it, [eval] and workers aside)
+    layout.json            which parameters the heads predict
+    checkpoints/latest/    orbax, the last saved step (resume point)
+    checkpoints/best/      orbax, the best step by validation distance
+    metrics/train.csv      step, losses, weights, lr, steps/s
+    metrics/val.csv        step, validation losses and distance
+    tb/                    TensorBoard event files (tensorboardX)
+    summary.json           final real-plugin evaluation (see ``training.evaluate_core``)
+
+Rerunning the same command resumes from ``checkpoints/latest`` (after a kill -9 as well). Batch
+order depends only on (run.seed, step) and there is no other randomness in a step except the
+proxy's noise key ``fold_in(seed, step)``, so on CPU a resumed run reproduces the uninterrupted
+one.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+
+from training import evaluate_core
+from training.config import Config, ConfigError, LossConfig, OptimConfig
+from training.data import Dataset, PluginRenderer, build_dataset, iterate_batches, spec_of
+from training.features import feature_stats, make_feature_fn
+from training.heads import HeadLayout, hard_normalized, head_layout, targets_from_normalized
+from training.losses import param_loss, schedule_weights, spectral_loss
+from training.models import make_model
+from training.proxy_loss import make_distance_fn, make_proxy_render
+
+TRAIN_COLUMNS = ("step", "loss", "param_loss", "param_mse", "param_ce", "param_acc", "spectral", "w_param",
+                 "w_spectral", "lr", "grad_norm", "steps_per_s", "wall_s")
+VAL_COLUMNS = ("step", "val_param_loss", "val_param_mse", "val_param_acc", "val_distance", "val_distance_kind",
+               "best")
+
+
+class TrainState(train_state.TrainState):
+    """Flax train state plus the feature standardisation fitted on the training set."""
+
+    feature_mean: jax.Array
+    feature_std: jax.Array
+
+
+# ------------------------------------------------------------------------------ construction
+@functools.lru_cache(maxsize=16)
+def make_optimizer(cfg: OptimConfig) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
+    """(optax transformation, learning-rate schedule) from ``[optim]``."""
+    warmup = cfg.effective_lr_warmup_steps
+    if cfg.lr_schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warmup, 1), max(cfg.steps, 2),
+                                                end_value=cfg.lr * 0.05)
+    else:
+        lr = optax.linear_schedule(0.0, cfg.lr, warmup) if warmup else optax.constant_schedule(cfg.lr)
+    opt = optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw" else optax.adam(lr)
+    parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
+    return optax.chain(*parts, opt), lr
+
+
+def create_train_state(cfg: Config, layout: HeadLayout, feature_fn: Callable, train_audio: np.ndarray) -> TrainState:
+    """Model, parameters (from run.seed), optimiser and feature statistics."""
+    model = make_model(cfg.model, layout)
+    mean, std = feature_stats(feature_fn, train_audio)
+    example = (feature_fn(jnp.asarray(train_audio[:2], jnp.float32)) - mean) / std
+    params = model.init(jax.random.key(cfg.run.seed), example)["params"]
+    tx, _ = make_optimizer(cfg.optim)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, feature_mean=mean, feature_std=std)
+
+
+def predict(state: TrainState, params: Any, feature_fn: Callable, audio: jax.Array) -> dict[str, Any]:
+    """Network prediction for real-plugin audio [B, 2, T]."""
+    features = (feature_fn(audio.astype(jnp.float32)) - state.feature_mean) / state.feature_std
+    return state.apply_fn({"params": params}, features)
+
+
+# ------------------------------------------------------------------------------ steps
+def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights: jax.Array, key: jax.Array,
+            *, loss_cfg: LossConfig, layout: HeadLayout, feature_fn: Callable, render_fn: Callable | None,
+            distance_fn: Callable | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted parameter + spectral loss of one batch. ``weights`` = [w_param, w_spectral];
+    the spectral term is computed only when ``render_fn`` is given (its weight is non-zero), on
+    the first ``loss.spectral_batch_size`` sounds of the batch (all when 0)."""
+    prediction = predict(state, params, feature_fn, batch["audio"])
+    targets = targets_from_normalized(layout, batch["normalized"])
+    lp, aux = param_loss(prediction, targets, loss_cfg.categorical_weight)
+    loss = weights[0] * lp
+    if render_fn is not None:
+        k = loss_cfg.spectral_batch_size or batch["audio"].shape[0]
+        head = jax.tree.map(lambda x: x[:k], prediction)
+        ls, aux_s = spectral_loss(head, batch["audio"][:k], layout, render_fn, distance_fn, key,
+                                  balance_strength=weights[1] if loss_cfg.balance_spectral_grads else None,
+                                  straight_through=loss_cfg.categorical_relaxation == "straight_through",
+                                  spectral_params=loss_cfg.spectral_params)
+        loss = loss + weights[1] * ls
+        aux = {**aux, **aux_s}
+    else:
+        aux = {**aux, "spectral": jnp.full((), jnp.nan)}
+    return loss, {**aux, "param_loss": lp}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], weights: jax.Array, key: jax.Array,
+               **static: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step; returns the new state and scalar metrics."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch, weights, key,
+                                                                   **static)
+    state = state.apply_gradients(grads=grads)
+    return state, {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_cfg: LossConfig, layout: HeadLayout,
+              feature_fn: Callable) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Parameter-loss metrics of a validation batch and the hard presets [B, n_params] predicted."""
+    prediction = predict(state, state.params, feature_fn, batch["audio"])
+    lp, aux = param_loss(prediction, targets_from_normalized(layout, batch["normalized"]), loss_cfg.categorical_weight)
+    return {**aux, "param_loss": lp}, hard_normalized(layout, prediction)
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_steps(loss_cfg: LossConfig, layout: HeadLayout, feature_fn: Callable, render_fn: Callable | None,
+                   distance_fn: Callable | None) -> tuple[Callable, Callable | None, Callable]:
+    """Jitted (parameter-only train step, full train step or None, eval step), cached so that
+    runs in one process with the same settings compile once."""
+    static = dict(loss_cfg=loss_cfg, layout=layout, feature_fn=feature_fn, distance_fn=distance_fn)
+    step_param = jax.jit(functools.partial(train_step, render_fn=None, **static), donate_argnums=0)
+    step_full = jax.jit(functools.partial(train_step, render_fn=render_fn, **static), donate_argnums=0) \
+        if render_fn is not None else None
+    eval_fn = jax.jit(functools.partial(eval_step, loss_cfg=loss_cfg, layout=layout, feature_fn=feature_fn))
+    return step_param, step_full, eval_fn
+
+
+# ------------------------------------------------------------------------------ the loop
+def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: int | None = None,
+                       log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Build (or reuse) the dataset, train (resuming if a checkpoint exists), evaluate through the
+    real plugin and write ``summary.json``. Returns the summary (None if stopped early by
+    ``stop_after_step``, a hook the tests use to simulate an interrupted run)."""
+    t_start = time.perf_counter()
+    run_dir = cfg.run_dir
+    _prepare_run_dir(cfg, run_dir)
+    spec = spec_of(cfg.data.synth)
+    layout = head_layout(spec, cfg.data.frozen)
+    (run_dir / "layout.json").write_text(json.dumps(layout.describe(), indent=1))
+
+    dataset = build_dataset(cfg.data, progress=progress, log=log)
+    data_seconds = time.perf_counter() - t_start
+    feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
+    state = create_train_state(cfg, layout, feature_fn, dataset.train.audio)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log(f"[fit] {cfg.model.kind} on {cfg.features.kind}: {n_params:,} weights; predicts "
+        f"{layout.n_continuous} continuous + {len(layout.n_choices)} categorical parameters; "
+        f"loss schedule {cfg.loss.schedule}")
+
+    ckpt = Checkpoints(run_dir / "checkpoints")
+    state, best = ckpt.restore_latest(state)
+    start_step = int(state.step)
+    if start_step:
+        log(f"[fit] resuming {run_dir} from step {start_step} (best val distance so far {best:.4g})")
+    logger = MetricLogger(run_dir, start_step)
+
+    needs_spectral = any(schedule_weights(s, cfg.loss)[1] > 0 for s in (cfg.optim.steps - 1, start_step))
+    render_fn = make_proxy_render(cfg.data) if needs_spectral else None
+    distance_fn = make_distance_fn(cfg.loss) if needs_spectral else None
+    step_param, step_full, eval_fn = compiled_steps(cfg.loss, layout, feature_fn, render_fn, distance_fn)
+    _, lr_schedule = make_optimizer(cfg.optim)
+    base_key = jax.random.key(cfg.run.seed + 1)
+
+    train = dataset.train
+    batches = iterate_batches(len(train), cfg.optim.batch_size, cfg.run.seed, start_step)
+    renderer = PluginRenderer(cfg.data).__enter__()  # validation and final evaluation share its workers
+    bar = _bar(start_step, cfg.optim.steps, progress)
+    try:
+        t_last, steps_since, acc = time.perf_counter(), 0, None
+        for step in range(start_step, cfg.optim.steps):
+            idx = np.sort(next(batches))
+            batch = {"audio": jnp.asarray(train.audio[idx]), "normalized": jnp.asarray(train.normalized[idx])}
+            w_param, w_spec = schedule_weights(step, cfg.loss)
+            fn = step_full if w_spec > 0 else step_param
+            state, metrics = fn(state, batch, jnp.asarray([w_param, w_spec], jnp.float32),
+                                jax.random.fold_in(base_key, step))
+            acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)  # no host sync
+            steps_since += 1
+            done = step + 1
+            bar.update(1)
+            if done % cfg.optim.log_every == 0 or done == cfg.optim.steps:
+                means = {k: float(v) / steps_since for k, v in jax.device_get(acc).items()}
+                sps = steps_since / max(time.perf_counter() - t_last, 1e-9)
+                if not math.isfinite(means["loss"]):
+                    raise FloatingPointError(f"training loss became {means['loss']} by step {done}; expected a "
+                                             "finite loss. Lower optim.lr or raise optim.grad_clip_norm")
+                row = {k: means[k] for k in ("loss", "param_loss", "param_mse", "param_ce", "param_acc",
+                                             "spectral", "grad_norm")}
+                row.update(step=done, w_param=w_param, w_spectral=w_spec, lr=float(lr_schedule(step)),
+                           steps_per_s=sps, wall_s=time.perf_counter() - t_start)
+                logger.train(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{sps:.2f}")
+                t_last, steps_since, acc = time.perf_counter(), 0, None
+            paused = False
+            if done % cfg.optim.eval_every == 0 or done == cfg.optim.steps:
+                val = validate(state, dataset, cfg, eval_fn, renderer if cfg.eval.val_distance == "plugin" else None)
+                is_best = val["val_distance"] < best
+                if is_best:
+                    best = val["val_distance"]
+                    ckpt.save_best(done, state, best)
+                logger.val({**val, "step": done, "best": int(is_best)})
+                paused = True
+            if done % cfg.optim.checkpoint_every == 0 or done == cfg.optim.steps:
+                ckpt.save_latest(done, state, best)
+                paused = True
+            if stop_after_step is not None and done >= stop_after_step:
+                ckpt.save_latest(done, state, best)
+                return None
+            if paused and steps_since == 0:  # keep evaluation and checkpoint time out of steps/s
+                t_last = time.perf_counter()
+        bar.close()
+        train_seconds = time.perf_counter() - t_start - data_seconds
+
+        best_state = ckpt.restore_best(state)
+        log(f"[fit] evaluating the best checkpoint (step {int(best_state.step)}) through the real plugin")
+        predictor = evaluate_core.Predictor(cfg, layout, best_state.params, best_state.feature_mean,
+                                            best_state.feature_std, feature_fn)
+        evaluation = evaluate_core.evaluate(predictor, dataset, cfg, renderer=renderer, log=log)
+    finally:
+        bar.close()
+        logger.close()
+        renderer.__exit__(None, None, None)
+    summary = {
+        "eval": evaluation["eval"],
+        "timing": {**evaluation["timing"], "data_s": data_seconds, "train_s": train_seconds,
+                   "render_stats": dataset.manifest.get("render_stats")},
+        "best_step": int(best_state.step),
+        "best_val_distance": best,
+        "dataset": str(dataset.root),
+        "wall_seconds": time.perf_counter() - t_start,
+        "config": cfg.to_dict(),
+    }
+    _write_json_atomic(run_dir / "summary.json", summary)
+    log(evaluate_core.format_table(summary))
+    log(f"[fit] wrote {run_dir / 'summary.json'} ({summary['wall_seconds']:.0f} s)")
+    return summary
+
+
+def validate(state: TrainState, dataset: Dataset, cfg: Config, eval_fn: Callable,
+             renderer: PluginRenderer | None) -> dict[str, Any]:
+    """Validation losses; ``val_distance`` is the re-rendered multi-resolution STFT distance
+    (``eval.val_distance = "plugin"``) or the parameter loss."""
+    val = dataset.val
+    sums: dict[str, float] = {}
+    preds = []
+    bs = cfg.eval.batch_size
+    for a in range(0, len(val), bs):
+        idx = np.arange(a, min(a + bs, len(val)))
+        idx_padded = np.pad(idx, (0, bs - len(idx)), mode="edge")  # one compiled shape
+        m, pred = eval_fn(state, {"audio": jnp.asarray(val.audio[idx_padded]),
+                                  "normalized": jnp.asarray(val.normalized[idx_padded])})
+        # per-batch means over padded rows: weight by the real rows (a small bias on the last batch)
+        for k, v in jax.device_get(m).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+        preds.append(np.asarray(pred)[:len(idx)])
+    out: dict[str, Any] = {f"val_{k}": v / len(val) for k, v in sums.items() if k in
+                           ("param_loss", "param_mse", "param_acc")}
+    if renderer is not None:
+        audio, ok = renderer.render(np.concatenate(preds))
+        d = evaluate_core.audio_metrics(audio[ok], val.audio[ok].astype(np.float32), cfg.data.sample_rate)
+        out.update(val_distance=float(np.mean(d["mss"])), val_distance_kind="plugin_mss")
+    else:
+        out.update(val_distance=out["val_param_loss"], val_distance_kind="param_loss")
+    return out
+
+
+# ------------------------------------------------------------------------------ checkpoints
+class Checkpoints:
+    """``latest`` (resume point) and ``best`` (by validation distance) orbax checkpoints."""
+
+    def __init__(self, root: Path):
+        opts = dict(max_to_keep=1, enable_async_checkpointing=False, create=True)
+        self.latest = ocp.CheckpointManager(root.absolute() / "latest", options=ocp.CheckpointManagerOptions(**opts))
+        self.best = ocp.CheckpointManager(root.absolute() / "best", options=ocp.CheckpointManagerOptions(**opts))
+
+    @staticmethod
+    def _save(mngr: ocp.CheckpointManager, step: int, state: TrainState, best: float) -> None:
+        if mngr.latest_step() == step:
+            return
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                meta=ocp.args.JsonSave({"best": best, "step": step})))
+        mngr.wait_until_finished()
+
+    def save_latest(self, step: int, state: TrainState, best: float) -> None:
+        self._save(self.latest, step, state, best)
+
+    def save_best(self, step: int, state: TrainState, best: float) -> None:
+        self._save(self.best, step, state, best)
+
+    def _restore(self, mngr: ocp.CheckpointManager, state: TrainState) -> tuple[TrainState, float] | None:
+        step = mngr.latest_step()
+        if step is None:
+            return None
+        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state),
+                                                          meta=ocp.args.JsonRestore()))
+        return out["state"], float(out["meta"]["best"])
+
+    def restore_latest(self, state: TrainState) -> tuple[TrainState, float]:
+        got = self._restore(self.latest, state)
+        return got if got is not None else (state, math.inf)
+
+    def restore_best(self, state: TrainState) -> TrainState:
+        got = self._restore(self.best, state)
+        return got[0] if got is not None else state
+
+
+# ------------------------------------------------------------------------------ logging
+class MetricLogger:
+    """CSV files (truncated to the resume step, so curves stay identical) and TensorBoard."""
+
+    def __init__(self, run_dir: Path, start_step: int):
+        from tensorboardX import SummaryWriter
+
+        self.dir = run_dir / "metrics"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.files = {}
+        for name, cols in (("train", TRAIN_COLUMNS), ("val", VAL_COLUMNS)):
+            path = self.dir / f"{name}.csv"
+            rows = _read_csv(path)
+            rows = [r for r in rows if int(r["step"]) <= start_step]
+            tmp = path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=cols)
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, path)
+            f = open(path, "a", newline="")
+            self.files[name] = (f, csv.DictWriter(f, fieldnames=cols))
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+
+    def _write(self, name: str, row: dict[str, Any]) -> None:
+        f, w = self.files[name]
+        w.writerow({k: _fmt(row.get(k, "")) for k in w.fieldnames})
+        f.flush()
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(f"{name}/{k}", v, int(row["step"]))
+        self.tb.flush()
+
+    def train(self, row: dict[str, Any]) -> None:
+        self._write("train", row)
+
+    def val(self, row: dict[str, Any]) -> None:
+        self._write("val", row)
+
+    def close(self) -> None:
+        for f, _ in self.files.values():
+            f.close()
+        self.tb.close()
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.7g}" if isinstance(v, float) else v
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("step", "").isdigit()]
+
+
+def _bar(start: int, total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", desc="train", disable=not enabled, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------------------ run directory
+_RESUME_EXEMPT = {("eval", None), ("data", "workers"), ("data", "cache_dir"), ("run", "runs_dir"),
+                  ("optim", "log_every"), ("optim", "eval_every"), ("optim", "checkpoint_every")}
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Create the run directory, or check that an existing one was made by the same config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    new = cfg.to_dict()
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, table in new.items() for k, v in table.items()
+                 if (s, None) not in _RESUME_EXEMPT and (s, k) not in _RESUME_EXEMPT
+                 and old.get(s, {}).get(k) != v]
+        if diffs and (run_dir / "checkpoints").exists():
+            raise ConfigError(f"{run_dir} holds a run with a different config ({'; '.join(diffs[:5])}); "
+                              f"expected the same config to resume. Fix: pick a new run.name (--set run.name=...) "
+                              f"or delete {run_dir}")
+    _write_json_atomic(path, new)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def reset_run(run_dir: Path) -> None:
+    """Delete a run directory (tests and ``--fresh``)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
