@@ -70,7 +70,7 @@ class DataConfig:
 
     synth: Literal["amsynth"] = "amsynth"
     seed: int = 0  # preset sampling (independent of run.seed, so datasets are shared by runs)
-    n_train: int = 4000
+    n_train: int = 3000
     n_val: int = 128
     n_test: int = 256
     factory_prior_weight: float = 0.0
@@ -81,7 +81,7 @@ class DataConfig:
     velocity: int = 100
     hold_s: float = 0.6
     workers: int = 2
-    shard_size: int = 512
+    shard_size: int = 500
     audio_dtype: Literal["float16", "float32"] = "float16"
     cache_dir: str = "data"
 
@@ -120,7 +120,7 @@ class FeatureConfig:
 
     kind: Literal["logmel", "mfcc", "raw"] = "logmel"
     n_fft: int = 1024
-    hop: int = 256
+    hop: int = 512
     n_mels: int = 64
     n_mfcc: int = 20
     f_min_hz: float = 20.0
@@ -154,7 +154,7 @@ class ModelConfig:
     """
 
     kind: Literal["cnn", "lstm", "rawcnn"] = "cnn"
-    channels: tuple[int, ...] = (16, 32, 64, 64)  # 2-D conv blocks (cnn, rawcnn)
+    channels: tuple[int, ...] = (8, 16, 32, 32)  # 2-D conv blocks (cnn, rawcnn)
     hidden: int = 256  # dense layer before the heads
     lstm_hidden: int = 128
     lstm_layers: int = 2
@@ -198,12 +198,12 @@ class LossConfig:
     schedule: Literal["param", "spectral", "hybrid"] = "hybrid"
     param_weight: float = 1.0
     categorical_weight: float = 0.1  # cross-entropy relative to the continuous MSE
-    spectral_weight: float = 1.0
-    hybrid_param_weight_end: float = 0.1
-    warmup_steps: int = 500
-    ramp_steps: int = 500
-    fft_sizes: tuple[int, ...] = (128, 256, 512, 1024, 2048)
-    spectral_batch_size: int = 0  # sounds of each batch rendered by the proxy (0: the whole batch)
+    spectral_weight: float = 2.0
+    hybrid_param_weight_end: float = 1.0
+    warmup_steps: int = 1000
+    ramp_steps: int = 25
+    fft_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+    spectral_batch_size: int = 8  # sounds of each batch rendered by the proxy (0 or > batch: all)
     balance_spectral_grads: bool = True  # each parameter gets an equal share (losses.balance_gradients)
     categorical_relaxation: Literal["softmax", "straight_through"] = "straight_through"
     # Parameters whose outputs receive the spectral gradient (the others get only the parameter
@@ -239,10 +239,10 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip_norm: float = 1.0  # 0 disables clipping
     batch_size: int = 32
-    steps: int = 2000
+    steps: int = 1200
     log_every: int = 25
-    eval_every: int = 500
-    checkpoint_every: int = 250
+    eval_every: int = 100
+    checkpoint_every: int = 100
 
     @property
     def effective_lr_warmup_steps(self) -> int:
@@ -319,8 +319,6 @@ class Config:
         _require(self.eval.n_random <= d.n_test, "eval.n_random",
                  f"at most data.n_test = {d.n_test} held-out random presets", self.eval.n_random,
                  "raise data.n_test or lower eval.n_random")
-        _require(self.loss.spectral_batch_size <= self.optim.batch_size, "loss.spectral_batch_size",
-                 f"at most optim.batch_size = {self.optim.batch_size}", self.loss.spectral_batch_size)
         _require(self.optim.batch_size <= d.n_train, "optim.batch_size",
                  f"at most data.n_train = {d.n_train}", self.optim.batch_size)
         if self.model.kind == "rawcnn":

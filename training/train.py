@@ -101,7 +101,7 @@ def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights
     lp, aux = param_loss(prediction, targets, loss_cfg.categorical_weight)
     loss = weights[0] * lp
     if render_fn is not None:
-        k = loss_cfg.spectral_batch_size or batch["audio"].shape[0]
+        k = min(loss_cfg.spectral_batch_size or batch["audio"].shape[0], batch["audio"].shape[0])
         head = jax.tree.map(lambda x: x[:k], prediction)
         ls, aux_s = spectral_loss(head, batch["audio"][:k], layout, render_fn, distance_fn, key,
                                   balance_strength=weights[1] if loss_cfg.balance_spectral_grads else None,
