@@ -114,29 +114,26 @@ def _one_pole_scan(x: Array, p: Array, initial: Array, unroll: int) -> Array:
     return jnp.moveaxis(ys, 0, -1)
 
 
-def _one_pole_associative(x: Array, p: Array, initial: Array) -> Array:
+def _one_pole_terms(x: Array, p: Array, initial: Array) -> tuple[Array, Array]:
+    """``y[n] = p[n] y[n-1] + (1 - p[n]) x[n]`` as affine maps ``(p, b)`` with ``initial`` folded in."""
     b = (1.0 - p) * x
-    b = b.at[..., 0].add(p[..., 0] * initial)
+    return p, b.at[..., 0].add(p[..., 0] * initial)
 
-    def combine(left, right):
-        a1, b1 = left
-        a2, b2 = right
-        return a1 * a2, a2 * b1 + b2
 
-    _, y = lax.associative_scan(combine, (p, b), axis=-1)
+def _compose_affine(left, right):
+    """The affine map ``left`` followed by ``right`` (each ``(a, b)``: ``y -> a y + b``)."""
+    a1, b1 = left
+    a2, b2 = right
+    return a1 * a2, a2 * b1 + b2
+
+
+def _one_pole_associative(x: Array, p: Array, initial: Array) -> Array:
+    _, y = lax.associative_scan(_compose_affine, _one_pole_terms(x, p, initial), axis=-1)
     return y
 
 
 def _one_pole_blocked(x: Array, p: Array, initial: Array) -> Array:
-    b = (1.0 - p) * x
-    b = b.at[..., 0].add(p[..., 0] * initial)
-
-    def combine(left, right):
-        a1, b1 = left
-        a2, b2 = right
-        return a1 * a2, a2 * b1 + b2
-
-    _, y = blocked_prefix_scan(combine, (p, b), (1.0, 0.0))
+    _, y = blocked_prefix_scan(_compose_affine, _one_pole_terms(x, p, initial), (1.0, 0.0))
     return y
 
 

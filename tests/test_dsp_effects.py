@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffsynth import spectral
+
 from diffsynth.effects import freeverb, freeverb_delay_lengths, freeverb_mix_gains, peak_limiter, power_distortion
+from gradcheck import spectral_l2
 
 SR = 44100
 f32 = np.float32
@@ -231,16 +232,6 @@ def test_peak_limiter_matches_float64_reference():
 # ---------------------------------------------------------------------------------------
 
 
-def _spectral_l2(x, y):
-    """Smooth spectral distance (L2 of STFT magnitudes): finite differences converge."""
-    total = 0.0
-    for n_fft in (256, 1024):
-        mx = jnp.sqrt(spectral.power_spectrogram(spectral.stft(x, n_fft, n_fft // 4)) + 1e-6)
-        my = jnp.sqrt(spectral.power_spectrogram(spectral.stft(y, n_fft, n_fft // 4)) + 1e-6)
-        total = total + jnp.mean((mx - my) ** 2)
-    return total
-
-
 _N_FX = 4096
 _FX_IN = jnp.asarray(0.6 * np.sin(2 * np.pi * 220 * np.arange(_N_FX) / SR) * np.exp(-np.arange(_N_FX) / 3000),
                      jnp.float32)
@@ -255,7 +246,7 @@ def _chain(p):
 _FX_TARGET = _chain(jnp.array([0.6, 0.4]))
 
 
-_fx_value_and_grad = jax.jit(jax.value_and_grad(lambda p: _spectral_l2(_chain(p), _FX_TARGET)))
+_fx_value_and_grad = jax.jit(jax.value_and_grad(lambda p: spectral_l2(_chain(p), _FX_TARGET)))
 
 
 def _fx_loss(p):

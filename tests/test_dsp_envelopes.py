@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffsynth import spectral
+
 from diffsynth.envelopes import adsr, adsr_exponential, sequential_float32_ramp
 from diffsynth.oscillators import phase_from_frequency, sine
+from gradcheck import spectral_l2
 
 SR = 44100
 f32 = np.float32
@@ -165,16 +166,6 @@ def test_adsr_gradients_finite_at_edges():
 N_GRAD = 4096
 
 
-def _spectral_l2(x, y):
-    """Smooth spectral distance (L2 of STFT magnitudes): finite differences converge."""
-    total = 0.0
-    for n_fft in (256, 1024):
-        mx = jnp.sqrt(spectral.power_spectrogram(spectral.stft(x, n_fft, n_fft // 4)) + 1e-6)
-        my = jnp.sqrt(spectral.power_spectrogram(spectral.stft(y, n_fft, n_fft // 4)) + 1e-6)
-        total = total + jnp.mean((mx - my) ** 2)
-    return total
-
-
 _CARRIER = sine(phase_from_frequency(jnp.full(N_GRAD, 330.0), SR))
 
 
@@ -186,7 +177,7 @@ def _voice(p, kind):
 _TARGET = {k: _voice(jnp.array([0.012, 0.02, 0.35, 0.015, 2600.0]), k) for k in ("linear", "exponential")}
 
 
-_VALUE_AND_GRAD = {k: jax.jit(jax.value_and_grad(lambda p, k=k: _spectral_l2(_voice(p, k), _TARGET[k])))
+_VALUE_AND_GRAD = {k: jax.jit(jax.value_and_grad(lambda p, k=k: spectral_l2(_voice(p, k), _TARGET[k])))
                    for k in ("linear", "exponential")}
 _GRADS = {k: (lambda p, k=k: _VALUE_AND_GRAD[k](p)[1]) for k in _VALUE_AND_GRAD}
 _LOSSES = {k: (lambda p, k=k: _VALUE_AND_GRAD[k](p)[0]) for k in _VALUE_AND_GRAD}

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffsynth import losses, spectral
+from diffsynth import losses
 from diffsynth.control import hold_per_block, interpolate_per_block, strict_round
 from diffsynth.oscillators import (accumulate_phase_float32, box_pulse, hard_sync, phase_from_frequency,
                                    phase_increment, polyblep_pulse, polyblep_saw, sample_and_hold, saw_triangle,
                                    sine, white_noise)
+from gradcheck import spectral_l2
 
 SR = 44100
 K = 64
@@ -338,21 +339,10 @@ def _two_osc(detune, mix, n=4096):
     return (1 - mix) * o1 + mix * o2
 
 
-def _spectral_l2(x, y):
-    """Smooth spectral distance (L2 of STFT magnitudes); an L1 one has kinks that keep
-    finite differences from converging."""
-    total = 0.0
-    for n_fft in (256, 1024):
-        mx = jnp.sqrt(spectral.power_spectrogram(spectral.stft(x, n_fft, n_fft // 4)) + 1e-6)
-        my = jnp.sqrt(spectral.power_spectrogram(spectral.stft(y, n_fft, n_fft // 4)) + 1e-6)
-        total = total + jnp.mean((mx - my) ** 2)
-    return total
-
-
 _TARGET = _two_osc(1.07, 0.3)
 
 
-_osc_value_and_grad = jax.jit(jax.value_and_grad(lambda p: _spectral_l2(_two_osc(p[0], p[1]), _TARGET)))
+_osc_value_and_grad = jax.jit(jax.value_and_grad(lambda p: spectral_l2(_two_osc(p[0], p[1]), _TARGET)))
 
 
 def _osc_loss(params):
