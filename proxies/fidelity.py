@@ -15,8 +15,9 @@ mode), note 60, velocity 100, hold 1.0 s, render 1.5 s. Reported per group:
   64..2048, linear + log magnitude) proxy vs plugin, and the same distance between the
   plugin renders of two *different* presets (each preset vs another preset of the group,
   a fixed derangement): ``mss_ratio = mean(proxy distance) / mean(preset-to-preset
-  distance)``. Noise presets cannot match sample for sample (the plugin's noise comes from a
-  process-global generator), so their figure of merit is the ratio.
+  distance)``. Noise presets match sample for sample only because the render pool renders
+  them in a fresh fork and the proxy replays the plugin's generator
+  (:mod:`proxies.amsynth.noise`); otherwise the ratio is their figure of merit.
 
 **Diagnosis.** For the ``--diagnose`` worst clean presets (by SNR), both engines re-render
 the preset with one stage removed at a time, by parameter edits that mean the same in both
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time

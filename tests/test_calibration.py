@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from proxies.amsynth import calibration as cal
-from proxies.amsynth.proxy import CATEGORICAL_SIZES, ProxyConfig
+from proxies.amsynth.proxy import CATEGORICAL_SIZES
 from proxies.amsynth.spec import AMSYNTH
 
 I = AMSYNTH.index_of
@@ -157,12 +157,3 @@ def test_one_hot_probs_cover_all_categoricals(presets):
         np.testing.assert_array_equal(np.asarray(probs[name]).sum(-1), 1.0)
         np.testing.assert_array_equal(np.argmax(np.asarray(probs[name]), -1),
                                       AMSYNTH.category_of(presets)[:, I(name)])
-
-
-def test_render_normalized_inside_jit():
-    config = ProxyConfig(sample_rate=22050, duration_s=0.1, hold_s=0.05)
-    n = jnp.asarray(AMSYNTH.defaults_normalized[None].repeat(2, 0).astype(np.float32))
-    out = jax.jit(cal.render_normalized, static_argnums=1)(n, config)
-    assert out.shape == (2, 2, config.n_samples) and out.dtype == jnp.float32
-    eager = cal.render_normalized(np.asarray(n), config)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(eager), atol=1e-5)

@@ -48,7 +48,7 @@ def test_note_frequency_and_velocity():
 # --------------------------------------------------------------------- exact vs relaxed mode
 # All renders in this module share one compiled function: one config, one batch size.
 STAGE_CONFIG = px.ProxyConfig(sample_rate=44100, duration_s=0.5, hold_s=0.3)
-ROWS = 44
+ROWS = 37  # the stage patches and the random presets: one batch
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,7 @@ def render_rows():
             params = cal.to_proxy(jnp.asarray(full), probs)
         else:
             params = cal.to_proxy(full if exact_numpy else jnp.asarray(full))
+        key = jax.random.PRNGKey(0) if key is None else key  # one pytree structure: one compile
         return np.asarray(jitted(params, STAGE_CONFIG, key))[:k]
 
     return run
@@ -137,8 +138,10 @@ def test_gradients_are_finite_at_the_range_edges_and_centre():
     target = jnp.asarray(np.random.default_rng(0).standard_normal((4, 2, config.n_samples)) * 0.1, jnp.float32)
     probs = {k: jnp.full(v.shape, 1.0 / v.shape[-1]) for k, v in cal.one_hot_probs(jnp.asarray(n)).items()}
 
-    def loss(x, p):
-        return jnp.mean(multi_resolution_stft_loss(cal.render_normalized(x, config, p), target, fft_sizes=(64, 256)))
+    def loss(x, p):  # render_normalized inside jit, config static
+        audio = cal.render_normalized(x, config, p)
+        assert audio.shape == (4, 2, config.n_samples) and audio.dtype == jnp.float32
+        return jnp.mean(multi_resolution_stft_loss(audio, target, fft_sizes=(64, 256)))
 
     gn, gp = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(n), probs)
     assert np.all(np.isfinite(np.asarray(gn)))
@@ -191,6 +194,8 @@ STAGES: dict[str, tuple[np.ndarray, float]] = {
     "LFO triangle -> cutoff": (patch(filter_type=0.0, filter_cutoff=0.4, lfo_waveform=2 / 6, lfo_freq=0.7,
                                      filter_mod_amount=1.0), 92),
     "LFO saw up -> amp": (patch(osc1_waveform=0.0, lfo_waveform=5 / 6, lfo_freq=0.6, amp_mod_amount=1.0, **_OSC1), 95),
+    "LFO square -> cutoff, bypass": (patch(osc1_waveform=0.0, lfo_waveform=1 / 6, lfo_freq=0.98, filter_mod_amount=0.8,
+                                          filter_cutoff=0.08, filter_resonance=0.99, **_OSC1), 95),  # bypass = untouched
     "LFO saw down -> amp": (patch(osc1_waveform=0.0, lfo_waveform=1.0, lfo_freq=0.8, amp_mod_amount=0.7, **_OSC1), 95),
     # master section
     "distortion": (patch(osc1_waveform=0.0, distortion_crunch=0.6, **_OSC1), 95),
@@ -199,33 +204,17 @@ STAGES: dict[str, tuple[np.ndarray, float]] = {
     "limiter (loud)": (patch(master_vol=1.0, osc2_range=4 / 7), 95),
 }
 
-#: noise through every filter type and slope: compared as spectra (the plugin's noise comes
-#: from a process-global generator). Threshold: mean |dB difference| of 32 band levels. Two
-#: noise realisations differ by 0.3-0.5 dB; a 3% cutoff error gives 0.5-1.05 dB, Q +10% up to 3.2.
+#: noise through every filter type and slope, rendered by the render pool (a fresh fork, where
+#: the plugin's generator starts at its load seed) and replayed by the proxy: compared sample
+#: for sample. Measured 96-104 dB (44.1 kHz, 0.5 s).
 NOISE_FILTERS = {f"noise {t} {s}": (patch(osc1_waveform=0.75, osc_mix=0.0, filter_type=k / 4, filter_slope=s == "24dB",
-                                          filter_cutoff=0.55, filter_resonance=0.5, master_vol=0.3), 0.6)
+                                          filter_cutoff=0.55, filter_resonance=0.5, master_vol=0.3), 85)
                  for k, t in enumerate(("lowpass", "highpass", "bandpass", "notch")) for s in ("12dB", "24dB")}
 
 
 def _snr(ref, est):
     ref = np.asarray(ref, np.float64)
     return 10 * np.log10(np.sum(ref ** 2) / max(np.sum((ref - est) ** 2), 1e-30))
-
-
-def _band_levels_db(x, sr):
-    """Mean power spectrum in 32 equal-width bands (8 Welch bins of 86 Hz each), in dB."""
-    from scipy.signal import welch
-
-    _, p = welch(np.asarray(x, np.float64).mean(0), fs=sr, nperseg=512)
-    return 10 * np.log10(p[1:257].reshape(32, 8).mean(1) + 1e-30)
-
-
-def _band_error_db(plugin, proxy, sr):
-    """Mean |dB difference| of the band levels, over bands within 60 dB of the loudest."""
-    a = _band_levels_db(plugin, sr)
-    b = _band_levels_db(proxy, sr)
-    keep = a > a.max() - 60
-    return float(np.mean(np.abs(a - b)[keep]))
 
 
 def _random_clean_presets(n: int = 8) -> np.ndarray:
@@ -240,7 +229,7 @@ def stage_renders(amsynth_path, render_rows):
     """Every isolating patch and a few random presets, rendered by both engines in one batch."""
     from proxies import host
 
-    table = {**STAGES, **NOISE_FILTERS}
+    table = dict(STAGES)
     table.update({f"random {i}": (p, None) for i, p in enumerate(_random_clean_presets())})
     names = list(table)
     assert len(names) <= ROWS
@@ -258,14 +247,6 @@ def test_stage_matches_plugin(stage_renders, name):
     assert np.abs(plugin).max() > 1e-3, "the isolating patch is silent"
     snr = _snr(plugin, proxy)
     assert snr >= STAGES[name][1], f"{name}: SNR {snr:.1f} dB < {STAGES[name][1]} dB"
-
-
-@pytest.mark.plugin
-@pytest.mark.parametrize("name", list(NOISE_FILTERS))
-def test_noise_through_filter_matches_plugin_spectrally(stage_renders, name):
-    plugin, proxy = stage_renders[name]
-    err = _band_error_db(plugin, proxy, STAGE_CONFIG.sample_rate)
-    assert err <= NOISE_FILTERS[name][1], f"{name}: mean band level error {err:.2f} dB"
 
 
 @pytest.mark.plugin
@@ -287,15 +268,33 @@ NOISE_REPLAY = {
 }
 
 
-@pytest.mark.plugin
-def test_noise_replay_matches_the_render_pool_sample_for_sample(amsynth_path, render_rows):
+@pytest.fixture(scope="module")
+def pool_renders(amsynth_path, render_rows):
+    """The noise patches rendered by the render pool (fork mode) and by the proxy, one batch."""
     from proxies import host
 
-    normalized = np.stack(list(NOISE_REPLAY.values()))
+    table = {**{k: p for k, (p, _) in NOISE_FILTERS.items()}, **NOISE_REPLAY}
+    normalized = np.stack(list(table.values()))
     note = host.Note(60, 100, 0.0, STAGE_CONFIG.hold_s)
     with host.RenderPool("amsynth", workers=1) as pool:
         plugin, failures = pool.render_batch(normalized, notes=(note,), duration_s=STAGE_CONFIG.duration_s)
     assert not failures
     proxy = render_rows(normalized, exact_numpy=True)
-    for name, a, b in zip(NOISE_REPLAY, plugin, proxy):
-        assert _snr(a, b) >= 90, f"{name}: SNR {_snr(a, b):.1f} dB"
+    return {k: (plugin[i], proxy[i]) for i, k in enumerate(table)}
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("name", list(NOISE_FILTERS))
+def test_noise_through_filter_matches_plugin(pool_renders, name):
+    plugin, proxy = pool_renders[name]
+    assert np.abs(plugin).max() > 1e-3, "the isolating patch is silent"
+    snr = _snr(plugin, proxy)
+    assert snr >= NOISE_FILTERS[name][1], f"{name}: SNR {snr:.1f} dB < {NOISE_FILTERS[name][1]} dB"
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("name", list(NOISE_REPLAY))
+def test_noise_replay_matches_the_render_pool_sample_for_sample(pool_renders, name):
+    plugin, proxy = pool_renders[name]
+    assert np.abs(plugin).max() > 1e-3, "the isolating patch is silent"
+    assert _snr(plugin, proxy) >= 90, f"{name}: SNR {_snr(plugin, proxy):.1f} dB"

@@ -190,30 +190,56 @@ def replay_blocks(state, kinds, lengths, active, lfo_period, lfo_det, p_lfo_nois
     return final, NoiseBlocks(*(o.T for o in outs))
 
 
+_MAX_SH_CALLS = 22  # S&H refreshes per 64-sample block when the period >= 2 (f <= sr/2)
+
+
 def per_sample_values(nb: NoiseBlocks, kinds, lfo_period, period1, period2, expand, index):
     """Per-sample ``[B, T]`` values of the three sources in the kept render.
+
+    Noise: call ``base + i + 1`` of the block (``base`` = the calls of the sources run before
+    it), from per-position jump constants (no gathers). S&H: the held value before the block's
+    first refresh, then the value of the k-th refresh, picked from the block's candidates
+    (one gather); a period of -1 (f = 0) refreshes every sample, like noise.
 
     Args:
       nb: :class:`NoiseBlocks` of the kept render.
       period1, period2: ``[B, NB]`` osc S&H periods per block; lfo_period ``[B]``.
       expand: per-block ``[B, NB]`` -> per-sample ``[B, T]``.
-      index: ``[1, T]`` sample index inside its block (int32).
+      index: ``[T]`` sample index inside its block (static NumPy ints).
     Returns:
       ``(lfo, osc1, osc2)`` values: noise -> this sample's call, S&H -> the held value.
     """
-    r = (expand(nb.r_hi), expand(nb.r_lo))
+    idx_np = np.asarray(index, np.int64).reshape(-1)
+    index = jnp.asarray(idx_np, jnp.int32)[None, :]
+    ta = jnp.asarray(_TABLE_A[idx_np + 1])  # [T, 2] jump constants by position (static)
+    tc = jnp.asarray(_TABLE_C[idx_np + 1])
+    n_blocks = nb.r_hi.shape[1]
+    block_of = jnp.asarray(np.cumsum(idx_np == 0) - 1, jnp.int32)[None, :]  # [1, T]
+    i_f = index.astype(F32)
 
     def source(kind, count, held, period, base):
+        r_base = jump((nb.r_hi, nb.r_lo), base)  # [B, NB]: state before the source's first call
+        rb = (expand(r_base[0]), expand(r_base[1]))
+        noise = randf(_affine(ta[:, 0], ta[:, 1], tc[:, 0], tc[:, 1], *rb))
         first, step, _ = _schedule(count, period, jnp.full_like(count, 64))
-        k_sh = jnp.where(index >= first, 1 + (index - first) // jnp.maximum(step, 1), 0)
-        k = jnp.where(kind[:, None] == NOISE, index + 1, k_sh)
-        value = randf(jump(r, base + k))
-        return jnp.where((kind[:, None] == SAMPLE_HOLD) & (k_sh == 0), held, value)
+        # candidate values of the k-th refresh in each block, k = 1.._MAX_SH_CALLS
+        cand = [held]
+        r_k = r_base
+        a1, c1 = (U32(LCG_A >> 32), U32(LCG_A & 0xFFFFFFFF)), (U32(LCG_C >> 32), U32(LCG_C & 0xFFFFFFFF))
+        for _ in range(_MAX_SH_CALLS):
+            r_k = _affine(*a1, *c1, *r_k)
+            cand.append(randf(r_k))
+        cand = jnp.stack(cand, -1).reshape(count.shape[0], n_blocks * (_MAX_SH_CALLS + 1))
+        first_t, step_t = expand(first), expand(step)
+        k = jnp.where(index >= first_t,
+                      1 + jnp.floor((i_f - first_t.astype(F32) + F32(0.5)) / step_t.astype(F32)).astype(jnp.int32), 0)
+        k = jnp.clip(k, 0, _MAX_SH_CALLS)
+        held_t = jnp.take_along_axis(cand, block_of * (_MAX_SH_CALLS + 1) + k, axis=1)
+        sh = jnp.where(step_t == 1, noise, held_t)
+        return jnp.where(kind[:, None] == NOISE, noise, sh)
 
-    zero = jnp.zeros_like(r[0], jnp.int32)
-    lfo = source(kinds[0], expand(nb.count_lfo), expand(nb.held_lfo),
-                 jnp.broadcast_to(lfo_period[:, None], r[0].shape), zero)
-    base1 = expand(nb.calls_lfo)
-    osc1 = source(kinds[1], expand(nb.count1), expand(nb.held1), expand(period1), base1)
-    osc2 = source(kinds[2], expand(nb.count2), expand(nb.held2), expand(period2), base1 + expand(nb.calls_osc1))
+    zeros = jnp.zeros_like(nb.r_hi, jnp.int32)
+    lfo = source(kinds[0], nb.count_lfo, nb.held_lfo, jnp.broadcast_to(lfo_period[:, None], zeros.shape), zeros)
+    osc1 = source(kinds[1], nb.count1, nb.held1, period1, nb.calls_lfo)
+    osc2 = source(kinds[2], nb.count2, nb.held2, period2, nb.calls_lfo + nb.calls_osc1)
     return lfo, osc1, osc2

@@ -15,14 +15,15 @@ Signal graph (one voice per render, README §1)::
     -> distortion sign(x)|x|^c -> Freeverb with the rectifying clamp, dry gain 2 - wet
     -> linked soft limiter -> L, R
 
-**What the proxy reproduces.** The kept render of the host protocol (README §10: warm-up
-render, ``load_graph``, kept render) of one note: note-on at sample 0, note-off at
-``int(hold_s * sr)``. In that render the oscillator and LFO phases start at 0, the oscillator
-frequency lerpers start at their previous target (the warm-up played the same note), the
-volume, crunch and reverb smoothers have converged, the VCA one-pole still holds the warm-up's
-last value, the reverb lines are empty and the limiter peak is 0. The control grid is
-amsynth's: sub-blocks of at most 64 samples that restart at every host buffer (512) and at
-the note-off event (:func:`block_table`).
+**What the proxy reproduces.** The kept render of the deterministic host protocol
+(:mod:`proxies.host`: pre-roll with the note held, warm-up render, ``load_graph``, flush,
+kept render) of one note: note-on at sample 0, note-off at ``int(hold_s * sr)``. In that render
+the oscillator and LFO phases start at 0; the oscillator frequency lerpers start at the
+warm-up's last targets; the VCA one-pole holds the warm-up's last value; the osc2 sync
+accumulator holds what the pre-roll and warm-up added; the volume, crunch and reverb
+smoothers have converged; the reverb lines and comb stores are empty and the limiter peak is
+0. The control grid is amsynth's: sub-blocks of at most 64 samples that restart at every host
+buffer (512) and at the note-off event (:func:`block_table`).
 
 **Exactness.** The oscillator and LFO phases are accumulated in float32 radians sample by
 sample in the plugin's operation order: amsynth's phase drifts from the ideal one by up to
@@ -43,11 +44,14 @@ free-running osc2, the LFO pitch target by mixing modulated and unmodulated freq
 Exact mode = one-hot probabilities (:func:`proxies.amsynth.calibration.to_proxy` with
 ``probs=None``); its output equals the hard choice bit for bit.
 
+**Noise.** Noise and S&H oscillators and the noise/S&H LFO replay the plugin's process-global
+generator and S&H counters as they run under the host protocol in a fresh process (what the
+render pool's fork mode gives): sample-exact there (:mod:`proxies.amsynth.noise`,
+``ProxyConfig.noise="replay"``). ``noise="random"`` draws from a counter-based hash of ``key``.
+
 **Not modelled.** Portamento and the keyboard modes (fixed in the sampling prior; with one
-note per render they change nothing: the glide starts and ends on the same note). Noise
-oscillators and the noise/S&H LFO draw from a counter-based hash seeded by ``key``: the
-plugin's global LCG and S&H counters depend on the history of its process, so they match only
-statistically. Pitch bend, CC pan, the sustain pedal and chords are not part of a render.
+note per render they change nothing: the glide starts and ends on the same note). Pitch
+bend, CC pan, the sustain pedal and chords are not part of a render.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ import numpy as np
 from jax import lax
 
 from diffsynth import effects as dsfx
-from diffsynth.control import strict_divide
+from diffsynth.control import strict_divide, strict_round
 from diffsynth import envelopes as dsenv
 from diffsynth import filters as dsfilt
 from proxies.amsynth import noise as lcg
@@ -223,6 +227,29 @@ class BlockTable(NamedTuple):
     rendered_end: int
 
 
+def _check_config(config: ProxyConfig) -> None:
+    """Clear errors for settings the proxy cannot render."""
+    if not isinstance(config, ProxyConfig):
+        raise TypeError(f"expected a ProxyConfig, got {type(config).__name__}")
+    problems = []
+    if not (isinstance(config.sample_rate, (int, np.integer)) and 8000 <= config.sample_rate <= 192000):
+        problems.append(f"sample_rate must be an int in 8000..192000 Hz, got {config.sample_rate!r}")
+    if not 0 < config.duration_s <= 600:
+        problems.append(f"duration_s must be in (0, 600] s, got {config.duration_s!r}")
+    if not 0 <= int(config.note) <= 127 or not 1 <= int(config.velocity) <= 127:
+        problems.append(f"note must be 0..127 and velocity 1..127, got {config.note!r}, {config.velocity!r}")
+    if not config.hold_s > 0:
+        problems.append(f"hold_s must be > 0 s, got {config.hold_s!r}")
+    if config.buffer_size % 64 or config.buffer_size <= 0:
+        problems.append(f"buffer_size must be a positive multiple of 64, got {config.buffer_size!r}")
+    if config.noise not in ("replay", "random"):
+        problems.append(f"noise must be 'replay' or 'random', got {config.noise!r}")
+    if config.lfo_polarity not in (1.0, -1.0):
+        problems.append(f"lfo_polarity must be +1.0 or -1.0, got {config.lfo_polarity!r}")
+    if problems:
+        raise ValueError("ProxyConfig: " + "; ".join(problems))
+
+
 @functools.lru_cache(maxsize=64)
 def block_table(config: ProxyConfig) -> BlockTable:
     """Sub-blocks of amsynth's ``Synthesizer::process`` for ``config`` (README §3).
@@ -231,6 +258,7 @@ def block_table(config: ProxyConfig) -> BlockTable:
     ``min(64, frames left in the buffer, frames until the next MIDI event)`` long. The
     events are the note-on at 0 and the note-off at ``int(hold_s * sr)`` (DawDreamer).
     """
+    _check_config(config)
     sr = int(config.sample_rate)
     n = config.n_samples
     buf = int(config.buffer_size)
@@ -876,7 +904,6 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
     lfo_det = _lfo_wave(pl, ph.rads_first, ph.pulse_prev, ph.inc_first, lfo_hz_t[:, None], zero_b, zero_b,
                         config.lfo_polarity, sr, one, lambda x: _sin_accurate(x, one))  # [B, NB]
     idx = jnp.asarray(tab.index, F32)[None, :]
-    idx_i = jnp.asarray(tab.index, jnp.int32)[None, :]
     rads_t = expand_blocks(ph.rads_first, config) + idx * lfo_inc[:, None]
     pulse_t = expand_blocks(ph.pulse_first, config) + (idx - F32(1)) * lfo_inc[:, None]
     pulse_t = jnp.where(pulse_t >= TWO_PI, pulse_t - TWO_PI, pulse_t)
@@ -886,6 +913,7 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
     # (no gradient through the warm-up model: it only sets initial states)
     warm = jax.tree_util.tree_map(sg, _warm_silence(params, config, v)) if config.warm_start else None
     p_lfo_noise, p_lfo_sh = P["lfo_waveform"][:, 3], P["lfo_waveform"][:, 4]
+    pn_sg, psh_sg = sg(p_lfo_noise), sg(p_lfo_sh)
 
     def sh_periods(lfo0, no_fm=False):
         f1, f2 = _targets(params, v, lfo0, no_fm=no_fm)
@@ -901,20 +929,20 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
         state = (lcg.seed_state(B), (counter, counter, counter))
         pre = _preroll_lengths(config)
         state, _ = lcg.replay_blocks(state, kinds, pre, jnp.ones((B, len(pre)), bool), jnp.full((B,), -1, jnp.int32),
-                                     jnp.zeros((B, len(pre)), F32), p_lfo_noise, p_lfo_sh,
+                                     jnp.zeros((B, len(pre)), F32), pn_sg, psh_sg,
                                      lambda l0: sh_periods(l0, no_fm=True))
         if warm is not None:
             starts_full, lengths_full = _full_blocks(config)
             active = jnp.asarray(starts_full, jnp.int32)[None, :] < warm.n_warm[:, None]
             state, nbw = lcg.replay_blocks(state, kinds, lengths_full, active, lfo_period_i, warm.lfo_det,
-                                           p_lfo_noise, p_lfo_sh, sh_periods)
+                                           pn_sg, psh_sg, sh_periods)
             lfo_warm = nbw.lfo0
         else:
             lfo_warm = jnp.zeros((B, len(_full_blocks(config)[0])), F32)
         _, nbk = lcg.replay_blocks(state, kinds, tab.lengths, jnp.ones((B, len(tab.lengths)), bool), lfo_period_i,
-                                   lfo_det, p_lfo_noise, p_lfo_sh, sh_periods)
+                                   lfo_det, pn_sg, psh_sg, sh_periods)
         p1, p2 = sh_periods(nbk.lfo0)
-        values = lcg.per_sample_values(nbk, kinds, lfo_period_i, p1, p2, lambda a: expand_blocks(a, config), idx_i)
+        values = lcg.per_sample_values(nbk, kinds, lfo_period_i, p1, p2, lambda a: expand_blocks(a, config), tab.index)
         return nbk.lfo0, lfo_warm, values
 
     def hashed(_):
@@ -927,11 +955,15 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
         return lfo0, lfo_warm, (p_lfo_noise[:, None] * noise_t + p_lfo_sh[:, None] * held_t, None, None)
 
     if config.noise == "replay":
+        # the bookkeeping carries no gradient; lfo_det lends lfo0 its own
+        lfo_det_sg, lfo_det_in = sg(lfo_det), lfo_det
+        lfo_det = lfo_det_sg
         lfo0, lfo_warm, rnd = lax.cond(jnp.any(kinds != lcg.NONE), replay,
                                        lambda _: (lfo_det, warm.lfo_det if warm is not None else
                                                   jnp.zeros((B, len(_full_blocks(config)[0])), F32),
                                                   (jnp.zeros((B, T), F32),) * 3), None)
         lfo_rnd_t = rnd[0]
+        lfo0 = lfo0 + (lfo_det_in - lfo_det_sg)
     elif config.noise == "random":
         lfo0, lfo_warm, rnd = hashed(None)
         lfo_rnd_t = rnd[0]
@@ -997,7 +1029,12 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
     cut = jnp.where(E > 0, cut + v.f0 * env_f * E, cut + cut * F32(1.0 / 16.0) * E * env_f)
     cut = jnp.maximum(jnp.minimum(cut, nyq * F32(0.99)), F32(10))
     res_r = jnp.maximum(F32(0.001), F32(1) / params.filter_q)
-    coef = dsfilt.biquad_coefficients_mixture(P["filter_type"][:, None, :], cut, e(res_r), sr)
+    # bypass returns the buffer untouched (README §6.5): it is mixed in after the sections, not
+    # as a numerator equal to the denominator (with per-block coefficients that is no identity:
+    # the state carries transients across a cutoff change)
+    p_bypass = P["filter_type"][:, 4]
+    kinds_w = P["filter_type"] * jnp.asarray([1, 1, 1, 1, 0], F32)
+    coef = dsfilt.biquad_coefficients_mixture(kinds_w[:, None, :], cut, e(res_r), sr)
     blocks.update(b0=coef.b0, b01=coef.b01, b012=coef.b012, a1p2=coef.a1p2, a012=coef.a012)
 
     # ---- waveforms (README §6.3) and the mixer, vectorised
@@ -1028,7 +1065,7 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
 
     # ---- filter (two identical sections, 12/24 dB mixed) and VCA one-pole: one light scan
     coefs = jnp.stack([blocks[k] for k in ("b0", "b01", "b012", "a1p2", "a012")], 0)  # [5, B, NB]
-    return _filter_vca(x, coefs, bid, P["filter_slope"], amp_in, vca_z0, sr)
+    return _filter_vca(x, coefs, bid, P["filter_slope"], p_bypass, amp_in, vca_z0, sr)
 
 
 class _Phases(NamedTuple):
@@ -1139,8 +1176,11 @@ def _oscillator_phases(inc1, inc2, sync_inc, is_end, s0_hi, s0_lo, envs, note_of
     return _Phases(*(o.T for o in out))
 
 
-def _filter_vca(x, coefs, bid, p_slope, amp_in, vca_z0, sample_rate):
+def _filter_vca(x, coefs, bid, p_slope, p_bypass, amp_in, vca_z0, sample_rate):
     """Biquad sections (delta-form TDF-II, coefficients per block) and the VCA one-pole.
+
+    ``coefs`` hold the mixture of the filtering kinds (bypass weight 0); the bypass weight
+    ``p_bypass`` ``[B]`` adds the input itself (exact mode: the untouched buffer).
 
     TODO(diffsynth.filters): a block-parallel biquad for variable-length blocks (amsynth's
     grid is split at the note-off) would replace this per-sample scan.
@@ -1160,7 +1200,7 @@ def _filter_vca(x, coefs, bid, p_slope, amp_in, vca_z0, sample_rate):
         y2 = b0 * y1 + fp2
         fp2, fq2 = y2 + fq2 + b01 * y1 - a1p2 * y2, fq2 + b012 * y1 - a012 * y2
         gain = ai * va0 + z
-        out = (p_slope[:, 0] * y1 + p_slope[:, 1] * y2) * gain
+        out = (p_slope[:, 0] * y1 + p_slope[:, 1] * y2 + p_bypass * xi) * gain
         return (fp1, fq1, fp2, fq2, gain * vp), out
 
     _, out = lax.scan(step, (zf, zf, zf, zf, vca_z0), (bid, x.T, amp_in.T))
@@ -1172,6 +1212,98 @@ def _filter_vca(x, coefs, bid, p_slope, amp_in, vca_z0, sample_rate):
 # ---------------------------------------------------------------------------------------
 
 
+_FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+
+
+def _rectify(x):
+    """amsynth's ``undenormalise``: every value below FLT_MIN becomes 0 (README §7.3)."""
+    return jnp.where(x < _FLT_MIN, F32(0), x)
+
+
+def _by_blocks(x, size):
+    b, t = x.shape
+    nb = -(-t // size)
+    return jnp.pad(x, ((0, 0), (0, nb * size - t))).reshape(b, nb, size).transpose(1, 0, 2)
+
+
+def _from_blocks(y, t):
+    nb, b, size = y.shape
+    return y.transpose(1, 0, 2).reshape(b, nb * size)[:, :t]
+
+
+def _comb_blocks(x, delay, room, damp):
+    """One Freeverb comb with the clamps, as a scan over blocks of ``delay`` samples (every
+    read of a block comes from the previous one); the damping one-pole inside a block by
+    prefix doubling (16 taps: damp <= 0.4, 0.4^16 = 4e-7)."""
+    b, t = x.shape
+    d2 = (F32(1) - damp)[:, None]
+    powers = damp[:, None] ** jnp.arange(1, delay + 1, dtype=F32)[None, :]
+    taps = [damp[:, None] ** (2 ** j) for j in range(4)]
+
+    def step(carry, xk):
+        prev, store = carry
+        o = _rectify(prev)
+        y = d2 * o
+        for a, shift in zip(taps, (1, 2, 4, 8)):
+            y = y + a * jnp.pad(y[:, :-shift], ((0, 0), (shift, 0)))
+        y = y + powers * store[:, None]
+        return (xk + y * room[:, None], y[:, -1]), o
+
+    _, out = lax.scan(step, (jnp.zeros((b, delay), F32), jnp.zeros((b,), F32)), _by_blocks(x, delay))
+    return _from_blocks(out, t)
+
+
+def _allpass_blocks(x, delay):
+    def step(prev, xk):
+        bo = _rectify(prev)
+        return xk + bo * F32(0.5), bo - xk
+
+    _, out = lax.scan(step, jnp.zeros((x.shape[0], delay), F32), _by_blocks(x, delay))
+    return _from_blocks(out, x.shape[1])
+
+
+def _freeverb_wet_blocks(x, room, damp, sample_rate):
+    """Freeverb's wet pair from the comb input ``x``: a formulation with a cheap gradient."""
+    d = dsfx.freeverb_delay_lengths(sample_rate)
+    outs = []
+    for combs, allpasses in ((d["comb_left"], d["allpass_left"]), (d["comb_right"], d["allpass_right"])):
+        acc = None
+        for delay in combs:
+            o = _comb_blocks(x, delay, room, damp)
+            acc = o if acc is None else acc + o
+        for delay in allpasses:
+            acc = _allpass_blocks(acc, delay)
+        outs.append(acc)
+    return tuple(outs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _freeverb_wet(mono, room, damp, sample_rate):
+    """Freeverb's wet signals ``(outL, outR)`` for the mono voice sum (amsynth's quirks).
+
+    Forward: :func:`diffsynth.effects.freeverb` (fast). Backward: the VJP of
+    :func:`_freeverb_wet_blocks`, the same system (agrees to ~5e-7) written as one scan per
+    delay line, whose gradient is ~2.5x faster than differentiating the forward.
+    TODO(diffsynth.effects): give ``freeverb`` this backward (custom VJP) there.
+    """
+    one = jnp.ones_like(room)
+    return dsfx.freeverb(mono, mono, sample_rate, room, damp, one, jnp.zeros_like(room), one, inplace_mix=False,
+                         room_scale=1.0, room_offset=0.0, damp_scale=1.0)
+
+
+def _freeverb_wet_fwd(mono, room, damp, sample_rate):
+    return _freeverb_wet(mono, room, damp, sample_rate), (mono, room, damp)
+
+
+def _freeverb_wet_bwd(sample_rate, residual, g):
+    mono, room, damp = residual
+    _, vjp = jax.vjp(lambda x, r, d: _freeverb_wet_blocks((x + x) * F32(0.015), r, d, sample_rate), mono, room, damp)
+    return vjp(g)
+
+
+_freeverb_wet.defvjp(_freeverb_wet_fwd, _freeverb_wet_bwd)
+
+
 def master_section(mono, params: ProxyParams, config: ProxyConfig) -> jax.Array:
     """Distortion -> reverb (dry gain 2 - wet) -> limiter on the mono voice sum, ``[B, 2, T]``.
 
@@ -1181,11 +1313,12 @@ def master_section(mono, params: ProxyParams, config: ProxyConfig) -> jax.Array:
     the stereo-linked soft limiter starting from a zero peak.
     """
     x = dsfx.power_distortion(mono, params.distortion_exponent[:, None])
-    wet = params.reverb_wet
-    left, right = dsfx.freeverb(x, x, config.sample_rate, params.reverb_room, params.reverb_damp, wet,
-                                F32(1) - wet, params.reverb_width, room_scale=1.0, room_offset=0.0,
-                                damp_scale=1.0)
-    left, right = dsfx.peak_limiter(left, right, config.sample_rate)
+    out_l, out_r = _freeverb_wet(x, params.reverb_room, params.reverb_damp, config.sample_rate)
+    wet1, wet2, dry = (g[:, None] for g in dsfx.freeverb_mix_gains(params.reverb_wet, F32(1) - params.reverb_wet,
+                                                                    params.reverb_width))
+    mix_l = (strict_round(out_l * wet1) + strict_round(out_r * wet2)) + strict_round(x * dry)
+    mix_r = (strict_round(out_r * wet1) + strict_round(out_l * wet2)) + strict_round(x * dry)
+    left, right = dsfx.peak_limiter(x + mix_l, x + mix_r, config.sample_rate)
     return jnp.stack([left, right], axis=1)
 
 
