@@ -214,7 +214,8 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
     from training.data import build_dataset, sample_presets, spec_of
     from training.evaluate_core import (load_predictor, logmel_embeddings, mean_preset, nearest_neighbour)
     from training.report import Example
-    from training.search import NoteRenderer, cma_search, get_refiner, renders_to_reach, score_mss
+    from training.search import (NoteRenderer, cma_search, get_refiner, renders_to_reach, score_mss,
+                                 snapshot_steps)
 
     data = cfg.data
     sr = data.sample_rate
@@ -260,10 +261,11 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             for note in np.unique(targets.notes):
                 rows = np.flatnonzero(targets.notes == note)
                 refiner = get_refiner(dataclasses.replace(data, note=int(note)), tuple(cfg.loss.fft_sizes),
-                                      args.refine_batch, args.refine_lr)
+                                      args.refine_batch)
                 for a in range(0, len(rows), args.refine_batch):
                     r = rows[a:a + args.refine_batch]
-                    res = refiner.refine(pred[r], targets.audio[r], args.refine_steps, args.snapshots, seed=args.seed)
+                    res = refiner.refine(pred[r], targets.audio[r], args.refine_steps, args.snapshots, seed=args.seed,
+                                         lr=args.refine_lr)
                     compile_s += res.compile_seconds
                     t0 = time.perf_counter()
                     n_snap = len(res.candidates) - 1
@@ -277,19 +279,23 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
                             best_mss[row], best[row] = dist, c
                     t_ref += res.seconds + t_render
                     if curve_mss is None:
-                        curve_steps = res.steps
-                        curve_mss, curve_s = np.tile(pred_mss, (n_snap + 1, 1)), np.zeros(n_snap + 1)
+                        curve_steps = snapshot_steps(args.refine_steps, args.snapshots)
+                        curve_mss, curve_s = np.tile(pred_mss, (len(curve_steps), 1)), np.zeros(len(curve_steps))
                     running = pred_mss[r].copy()
-                    for j in range(1, n_snap + 1):
-                        running = np.minimum(running, d[(j - 1) * len(r):j * len(r)])
+                    for j in range(1, len(curve_s)):  # a descent stopped early keeps its last snapshot
+                        jj = min(j, n_snap)
+                        if jj == j:
+                            running = np.minimum(running, d[(j - 1) * len(r):j * len(r)])
                         curve_mss[j, r] = running
-                        curve_s[j] += res.snapshot_seconds[j] + j * t_render / max(n_snap, 1)
+                        curve_s[j] += res.snapshot_seconds[jj] + jj * t_render / max(n_snap, 1)
             curve = {"steps": list(curve_steps),
                      "mean_mss": [_mean(np.where(np.isfinite(c), c, np.nan)) for c in curve_mss],
                      "seconds_per_target": [(t_model + t_start_render + c) / n for c in curve_s]}
             methods["model+refine"] = Method(best, t_model + t_start_render + t_ref, 1.0 + args.snapshots,
                                              {"compile_seconds": compile_s, "curve": curve})
             refine_level = best_mss
+            notes.append(f"model+refine's wall time leaves out the one-off compilation of the proxy's gradient "
+                         f"({compile_s:.0f} s here; once per machine, shape and proxy version, then cached)")
 
         # -- model + CMA-ES
         if args.search_renders > 0:
@@ -354,6 +360,10 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
                     examples[k].renders[name] = audio[k]
                     examples[k].mss[name] = float(scores[name]["mss"][k])
 
+        if renderer.restarts:
+            notes.append(f"the plugin workers were restarted {renderer.restarts} time(s) after failed or non-finite "
+                         f"renders; {len(renderer.culprits)} preset(s) failed even alone in fresh workers")
+        culprits = [c.tolist() for c in renderer.culprits[:5]]
         if renderer.failures:
             from collections import Counter
 
@@ -361,6 +371,8 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             notes.append(f"{len(renderer.failures)} plugin render attempt(s) failed (each retried; a target whose "
                          f"render still failed is left out of that method's means): {top}")
     result = summarise(args, cfg, targets, methods, scores, notes, time.perf_counter() - t_start)
+    if culprits:
+        result["render_culprits"] = culprits  # normalized presets, for a bug report
     if "model+refine" in methods and "cma_mean" in methods:
         reach = [renders_to_reach(h, lvl) for h, lvl in zip(methods["cma_mean"].extra["history"], refine_level)]
         result["cma_mean_to_reach_model_refine"] = {
@@ -504,11 +516,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", default="16", help="number of targets (default 16)")
     p.add_argument("--json", default=None, help="result file (default runs/<name>/eval/<targets>-n<N>.json); "
                                                  ".md and .html are written beside it")
-    p.add_argument("--refine-steps", default="50", help="proxy refinement steps (0 skips; default 50)")
-    p.add_argument("--refine-lr", default="0.05")
-    p.add_argument("--refine-batch", default="8",
-                   help="targets refined together (one compiled shape; on CPU 8 at once cost ~2x one; default 8)")
-    p.add_argument("--snapshots", default="4", help="refinement snapshots re-rendered by the plugin (default 4)")
+    p.add_argument("--refine-steps", default="30", help="proxy refinement steps (0 skips; default 30)")
+    p.add_argument("--refine-lr", default="0.3", help="Adam learning rate of the refinement (default 0.3)")
+    p.add_argument("--refine-batch", default="16",
+                   help="targets refined together (one compiled shape; on CPU 16 at once cost ~4x one; default 16)")
+    p.add_argument("--snapshots", default="10", help="refinement snapshots re-rendered by the plugin (default 10)")
     p.add_argument("--search-renders", default="100", help="CMA-ES renders after the model (0 skips; default 100)")
     p.add_argument("--cma-renders", default="500", help="CMA-ES-from-mean baseline renders (0 skips; default 500)")
     p.add_argument("--param-run", default=None, help="parameter-loss-only run (default: found beside --run)")
@@ -539,7 +551,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except ValueError:
         a.refine_lr = float("nan")
     if not (math.isfinite(a.refine_lr) and 0 < a.refine_lr <= 10):
-        raise _err("--refine-lr", "a learning rate in (0, 10]", repr(a.refine_lr), "try 0.05")
+        raise _err("--refine-lr", "a learning rate in (0, 10]", repr(a.refine_lr), "try 0.3")
     if str(a.note).lower() != "auto":
         a.note = _int_option("--note", a.note, 0, 127, "a MIDI note or auto")
     else:

@@ -14,7 +14,9 @@
    through the differentiable proxy; a few snapshots are re-rendered through the plugin.
 5. ``--search-renders M``: CMA-ES through the real plugin from the best preset so far, M renders.
 6. Keeps whichever candidate scores best on the **real plugin's re-render** (so a stage never
-   makes the result worse) and writes:
+   makes the result worse; candidates more than ``QUIET_DB`` = 20 dB quieter than the target are
+   never kept, since the distance alone prefers silence to a wrong sound for short sounds) and
+   writes:
 
    ``PATCH.amSynth``  the preset (amsynth preset text; load it in the plugin)
    ``PATCH.fxp``      the same preset as a VST2 program (41 normalized parameters)
@@ -47,6 +49,9 @@ MAX_READ_S = 60.0  # longer files: only the first minute is read
 SILENCE_PEAK = 1e-4  # -80 dBFS
 LEAD_SILENCE_DB = -60.0  # leading samples quieter than this (re peak) are dropped
 MAX_TRANSPOSE = 36  # semitones the model input may be shifted before we refuse
+#: refinement and search keep no candidate whose plugin render is more than this many dB (RMS)
+#: quieter than the target: the distance alone prefers silence to a wrong sound for short sounds
+QUIET_DB = 20.0
 
 
 class MatchError(ValueError):
@@ -159,8 +164,8 @@ def estimate_note(audio: np.ndarray, sample_rate: int) -> tuple[int | None, floa
     """(nearest MIDI note, median f0 in Hz, voiced fraction) of audio [2, T] by pYIN over C1..C8.
 
     The pitch counts as found when at least a quarter of the frames (and 3) are voiced with a
-    voicing probability of 0.5 or more and their f0 agree (median absolute deviation under a semitone); otherwise (None, None, fraction):
-    noise, drums and chords have no single note."""
+    voicing probability of 0.5 or more and their f0 agree (median absolute deviation under a
+    semitone); otherwise (None, None, fraction): noise, drums and chords have no single note."""
     import librosa
 
     mono = np.asarray(audio, np.float64).mean(axis=0)
@@ -282,8 +287,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--note", default="auto", help="MIDI note 0..127 the sound plays, or auto (pYIN; default)")
     p.add_argument("--refine-steps", default="0", help="gradient steps through the proxy (default 0)")
     p.add_argument("--search-renders", default="0", help="CMA-ES plugin renders after that (default 0)")
-    p.add_argument("--refine-lr", default="0.05", help="Adam learning rate of the refinement (default 0.05)")
-    p.add_argument("--snapshots", default="4", help="refinement snapshots re-rendered by the plugin (default 4)")
+    p.add_argument("--refine-lr", default="0.3", help="Adam learning rate of the refinement (default 0.3)")
+    p.add_argument("--snapshots", default="6", help="refinement snapshots re-rendered by the plugin (default 6)")
     p.add_argument("--workers", default=None, help="plugin render processes (default: the run's data.workers)")
     p.add_argument("--seed", default="0", help="seed of the search and the proxy's noise (default 0)")
     p.add_argument("--name", default=None, help="preset name (default: the target file's name)")
@@ -317,7 +322,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     except ValueError:
         lr = float("nan")
     if not (math.isfinite(lr) and 0 < lr <= 10):
-        raise _err("--refine-lr", "a learning rate in (0, 10]", repr(a.refine_lr), "try 0.05")
+        raise _err("--refine-lr", "a learning rate in (0, 10]", repr(a.refine_lr), "try 0.3")
     name = a.name if a.name is not None else out.stem
     if not name.strip() or any(c in name for c in "\n\r\0"):
         raise _err("--name", "a one-line, non-empty preset name", repr(name), "pass --name 'My patch'")
@@ -389,7 +394,7 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     target = prepare_target(opts.target, data, opts.note, say)  # bad audio fails here, before JAX loads
 
     from training.evaluate_core import load_predictor
-    from training.search import NoteRenderer, cma_search, get_refiner
+    from training.search import NoteRenderer, cma_search, get_refiner, rms_db
 
     sr = data.sample_rate
     timing: dict[str, float] = {}
@@ -402,7 +407,8 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     note_data = dataclasses.replace(data, note=int(target.note))
     stages: list[Stage] = []
     refiner = None
-    with NoteRenderer(data, opts.workers) as renderer:
+    floor_db = float(rms_db(target.audio[None])[0]) - QUIET_DB  # quieter candidates are not kept
+    with NoteRenderer(data, opts.workers, log=say) as renderer:
         def render(normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return renderer.render_at(normalized, [target.note] * len(normalized))
 
@@ -416,38 +422,51 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
                                "above (this is a plugin crash, not a problem with the target)")
         best = Stage("model", pred[0], audio[0], _metrics(audio[0], target.audio, sr), 1, t_pred, True)
         stages.append(best)
+        # what a later candidate must beat: the model's distance, or anything audible when the
+        # model's own preset is too quiet
+        best_score = best.metrics["mss"] if rms_db(audio[:1])[0] >= floor_db else math.inf
+        if not math.isfinite(best_score):
+            say(f"the model's preset plays more than {QUIET_DB:.0f} dB quieter than the target: any audible "
+                "candidate of the refinement or the search replaces it")
 
         # -- refinement through the proxy
         if opts.refine_steps > 0:
             say(f"refining through the proxy: {opts.refine_steps} steps (first use compiles the proxy's "
                 "gradient: minutes; later runs reuse the compilation cache)")
-            refiner = get_refiner(note_data, tuple(cfg.loss.fft_sizes), 1, opts.refine_lr)
+            refiner = get_refiner(note_data, tuple(cfg.loss.fft_sizes), 1)
             res = refiner.refine(best.normalized[None], target.audio[None], opts.refine_steps, opts.snapshots,
-                                 seed=opts.seed)
+                                 seed=opts.seed, lr=opts.refine_lr)
             timing["refine_compile_s"] = res.compile_seconds
             t0 = time.perf_counter()
             cands = res.candidates[1:, 0]
             audio, ok = render(cands)
-            scores = [_metrics(a, target.audio, sr) if k else None for a, k in zip(audio, ok)]
+            loud = rms_db(audio) >= floor_db
+            scores = [_metrics(a, target.audio, sr) if k and q else None for a, k, q in zip(audio, ok, loud)]
             t_render = time.perf_counter() - t0
+            quiet = int((ok & ~loud).sum())
+            if quiet:
+                say(f"refinement: {quiet} of {len(cands)} snapshot(s) rendered more than {QUIET_DB:.0f} dB quieter "
+                    "than the target and were not kept (the distance alone would prefer silence)")
             j = min(range(len(cands)), key=lambda i: scores[i]["mss"] if scores[i] else math.inf)
-            improved = scores[j] is not None and scores[j]["mss"] < best.metrics["mss"]
+            improved = scores[j] is not None and scores[j]["mss"] < best_score
             extra = {"snapshot_steps": list(res.steps), "proxy_distance": res.proxy_distance[:, 0].tolist(),
                      "plugin_mss": [best.metrics["mss"]] + [s["mss"] if s else None for s in scores],
-                     "kept_step": res.steps[j + 1] if improved else 0}
+                     "kept_step": res.steps[j + 1] if improved else 0, "too_quiet": quiet}
             st = Stage("refine", cands[j] if improved else best.normalized, audio[j] if improved else best.audio,
                        scores[j] if improved else dict(best.metrics), len(cands), res.seconds + t_render,
                        improved, extra)
             stages.append(st)
             best = st
+            if improved:
+                best_score = st.metrics["mss"]
 
         # -- CMA-ES through the plugin
         if opts.search_renders > 0:
             say(f"searching with CMA-ES through the plugin: {opts.search_renders} renders")
             sres = cma_search(lambda n, rows: render(n), target.audio[None], best.normalized[None], layout,
-                              opts.search_renders, sr, start_mss=np.array([best.metrics["mss"]]), sigma0=0.1,
-                              seed=opts.seed)
-            improved = bool(sres.best_mss[0] < best.metrics["mss"])
+                              opts.search_renders, sr, start_mss=np.array([best_score]), sigma0=0.1,
+                              seed=opts.seed, min_level_db=floor_db)
+            improved = bool(sres.best_mss[0] < best_score)
             if improved:
                 audio, ok = render(sres.best)
                 m = _metrics(audio[0], target.audio, sr)
@@ -463,6 +482,12 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
         final_n = _write_preset(opts, best.normalized)
         audio, ok = render(final_n[None])
         final = Stage("final", final_n, audio[0], _metrics(audio[0], target.audio, sr), 1, 0.0)
+        level = float(max(rms_db(audio[:1])[0], -200.0))  # -200 dBFS: digital silence
+        final.extra["level_db"] = level
+        final.extra["target_level_db"] = floor_db + QUIET_DB
+        if level < floor_db:
+            say(f"warning: the preset plays {floor_db + QUIET_DB - level:.0f} dB quieter than the target "
+                "(the model's prediction was kept as it is; try --note or a longer target)")
 
     # -- proxy render of the kept preset (for the figure)
     proxy_audio = None
@@ -470,7 +495,7 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
         t0 = time.perf_counter()
         if refiner is None:
             say("rendering the kept preset through the proxy for the figure (first use compiles the proxy)")
-            refiner = get_refiner(note_data, tuple(cfg.loss.fft_sizes), 1, opts.refine_lr)
+            refiner = get_refiner(note_data, tuple(cfg.loss.fft_sizes), 1)
         proxy_audio = refiner.render(final_n[None], seed=opts.seed)[0]
         timing["proxy_figure_s"] = time.perf_counter() - t0
     except Exception as e:  # the figure must not cost the user the preset
@@ -507,6 +532,7 @@ def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
     Path(paths["png"]).write_bytes(spectrogram_png(rows, sr, title=f"{opts.target.name} -> {opts.out.name}, "
                                                                     f"note {result.target.note}"))
     from proxies.amsynth.spec import AMSYNTH, uses_noise
+    from training.search import rms_db
 
     report = {
         "target": result.target.source,
@@ -518,11 +544,14 @@ def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
         "sample_rate": sr,
         "n_samples": int(result.target.audio.shape[1]),
         "stages": [{"name": s.name, "metrics": s.metrics, "renders": s.renders, "seconds": s.seconds,
-                    "improved": s.improved, **{k: v for k, v in s.extra.items() if k != "history"}}
+                    "improved": s.improved, "level_db": float(max(rms_db(s.audio[None])[0], -200.0)),
+                    **{k: v for k, v in s.extra.items() if k != "history"}}
                    for s in result.stages],
         "kept": max((s for s in result.stages if s.improved), key=lambda s: result.stages.index(s)).name,
         "final": {"metrics": result.final.metrics, "normalized": result.final.normalized.tolist(),
-                  "uses_noise": bool(uses_noise(result.final.normalized[None])[0])},
+                  "uses_noise": bool(uses_noise(result.final.normalized[None])[0]),
+                  "level_db": result.final.extra.get("level_db"),
+                  "target_level_db": result.final.extra.get("target_level_db")},
         "parameters": {n: float(v) for n, v in zip(AMSYNTH.names, result.final.normalized)},
         "timing": result.timing,
         "files": paths,

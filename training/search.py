@@ -60,6 +60,7 @@ class NoteRenderer(PluginRenderer):
         self._log = log
         self.failures: list[str] = []
         self.restarts = 0
+        self.culprits: list[np.ndarray] = []  # presets that failed alone in a fresh pool
 
     def __enter__(self) -> "NoteRenderer":
         super().__enter__()
@@ -97,6 +98,7 @@ class NoteRenderer(PluginRenderer):
                         for i in np.flatnonzero(~ok):
                             self._render_rows(normalized, notes, np.array([i]), audio, ok)
                             if not ok[i]:
+                                self.culprits.append(normalized[i].copy())
                                 self._restart(None)
         finally:
             self.cfg = self._base
@@ -121,13 +123,31 @@ class NoteRenderer(PluginRenderer):
         self.cfg = cfg
 
 
-def score_mss(audio: np.ndarray, target: np.ndarray, ok: np.ndarray, sample_rate: int) -> np.ndarray:
+def rms_db(audio: np.ndarray) -> np.ndarray:
+    """RMS level in dBFS [N] of audio [N, C, T] (all channels and samples; -inf for silence)."""
+    a = np.asarray(audio, dtype=np.float64)
+    ms = np.mean(np.square(a.reshape(len(a), -1)), axis=1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(ms)
+
+
+def score_mss(audio: np.ndarray, target: np.ndarray, ok: np.ndarray, sample_rate: int,
+              min_level_db: np.ndarray | float | None = None) -> np.ndarray:
     """Multi-resolution STFT distance [N] of plugin renders against their targets (the ``mss`` of
-    ``training.evaluate_core.audio_metrics``); failed or non-finite renders score ``inf``."""
+    ``training.evaluate_core.audio_metrics``); failed or non-finite renders score ``inf``.
+
+    ``min_level_db`` (scalar or [N], dBFS): renders whose RMS level (:func:`rms_db`) is below it
+    also score ``inf``. The distance alone prefers silence to a wrong sound for short targets
+    padded with silence (measured: a 0.14 s bell, where 30 refinement steps reached a silent
+    preset); a search for a preset the user can hear must not take that way out.
+    """
     from training.evaluate_core import audio_metrics
 
     d = np.asarray(audio_metrics(audio, target, sample_rate)["mss"], dtype=np.float64)
-    return np.where(np.asarray(ok) & np.isfinite(d), d, np.inf)
+    good = np.asarray(ok) & np.isfinite(d)
+    if min_level_db is not None:
+        good &= rms_db(audio) >= np.asarray(min_level_db, dtype=np.float64)
+    return np.where(good, d, np.inf)
 
 
 # ------------------------------------------------------------------------------ proxy refinement
@@ -160,7 +180,7 @@ class ProxyRefiner:
         data: data config of the run, with ``note`` set to the note the targets play.
         fft_sizes: FFT sizes of the multi-resolution STFT distance (the run's ``loss.fft_sizes``).
         batch_size: targets per call (one compiled shape; smaller batches are padded).
-        lr: Adam learning rate in logit space.
+        lr: default Adam learning rate in logit space (0.3: measured on factory presets, 30 steps).
         categorical_confidence: start logits of each categorical parameter are this value times
             the one-hot of its current choice (3.0: about 0.8 probability on it for 5 choices),
             so gradients can still move probability to other choices.
@@ -169,7 +189,7 @@ class ProxyRefiner:
     to share compiled refiners.
     """
 
-    def __init__(self, data: DataConfig, fft_sizes: Sequence[int], batch_size: int = 1, lr: float = 0.05,
+    def __init__(self, data: DataConfig, fft_sizes: Sequence[int], batch_size: int = 1, lr: float = 0.3,
                  categorical_confidence: float = 3.0):
         import optax
 
@@ -187,7 +207,7 @@ class ProxyRefiner:
         self._compiled: set[str] = set()
         render_fn = make_proxy_render(data)
         layout = self.layout
-        opt = optax.adam(self.lr)
+        opt = optax.inject_hyperparams(optax.adam)(learning_rate=self.lr)  # lr in the state: no recompile
         self._opt = opt
 
         def distance(variables, target, key):
@@ -199,17 +219,15 @@ class ProxyRefiner:
             return jnp.sum(d), (d, audio)
 
         def step(variables, opt_state, target, key):
-            (_, (d, _)), grads = jax.value_and_grad(distance, has_aux=True)(variables, target, key)
+            # One graph does everything (distance, proxy audio and the update from that point):
+            # compiling the proxy's gradient is the dominant cost of a first use (~2 min on 2
+            # cores), and a second, forward-only graph would add ~40% to it.
+            (_, (d, audio)), grads = jax.value_and_grad(distance, has_aux=True)(variables, target, key)
             grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
             updates, opt_state = opt.update(grads, opt_state, variables)
-            return optax.apply_updates(variables, updates), opt_state, d
-
-        def evaluate(variables, target, key):
-            _, (d, audio) = distance(variables, target, key)
-            return d, audio
+            return optax.apply_updates(variables, updates), opt_state, d, audio
 
         self._step = jax.jit(step)
-        self._evaluate = jax.jit(evaluate)
 
     # -- variables <-> presets
     def _variables(self, normalized: np.ndarray, confidence: float, clip: float = _LOGIT_CLIP):
@@ -233,26 +251,36 @@ class ProxyRefiner:
         return np.concatenate([x, np.repeat(x[-1:], self.batch_size - len(x), axis=0)]) if len(x) < self.batch_size \
             else x
 
-    def _warm_up(self, variables, target, key, what: Sequence[str] = ("step", "evaluate")) -> float:
-        """Compile (by calling once) the graphs in ``what``; returns the seconds it took."""
+    def _warm_up(self, variables, target, key) -> float:
+        """Compile (by calling once) the step graph; returns the seconds it took (0 when compiled)."""
         t0 = time.perf_counter()
-        for name in what:
-            if name in self._compiled:
-                continue
-            if name == "step":
-                jax.block_until_ready(self._step(variables, self._opt.init(variables), target, key))
-            else:
-                jax.block_until_ready(self._evaluate(variables, target, key))
-            self._compiled.add(name)
+        if "step" not in self._compiled:
+            jax.block_until_ready(self._step(variables, self._opt_state(variables), target, key))
+            self._compiled.add("step")
         return time.perf_counter() - t0
 
+    def _evaluate(self, variables, target, key):
+        """(distance [B], proxy audio [B, 2, T]) at ``variables``, through the step graph (its
+        update is discarded)."""
+        _, _, d, audio = self._step(variables, self._opt_state(variables), target, key)
+        return d, audio
+
+    def _opt_state(self, variables, lr: float | None = None):
+        """Adam's state at ``variables`` with learning rate ``lr`` (the refiner's by default), the
+        rate stored as a float32 array so every call has one signature (one compilation)."""
+        state = self._opt.init(variables)
+        state.hyperparams["learning_rate"] = jnp.asarray(self.lr if lr is None else lr, jnp.float32)
+        return state
+
     def refine(self, start: np.ndarray, target: np.ndarray, steps: int, snapshots: int = 4,
-               seed: int = 0) -> RefineResult:
+               seed: int = 0, lr: float | None = None) -> RefineResult:
         """Refine presets ``start`` [B, n_params] towards ``target`` audio [B, 2, T].
 
         ``snapshots`` hard presets are taken at evenly spaced steps (the last at ``steps``), plus
         the start itself (snapshot 0, exactly ``start``). The proxy's noise sources use one fixed
-        key for all steps, so the objective is deterministic.
+        key for all steps, so the objective is deterministic. ``lr`` overrides the refiner's
+        learning rate (no recompilation). A non-finite distance stops the descent at the last
+        finite snapshot.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
@@ -266,26 +294,38 @@ class ProxyRefiner:
         target_j = jnp.asarray(self._pad(target))
         compile_s = self._warm_up(variables, target_j, key)
         t0 = time.perf_counter()
-        at = sorted({int(round(steps * (k + 1) / snapshots)) for k in range(max(snapshots, 1))} - {0}) if steps else []
-        cands = [start]
-        dists = [np.asarray(self._evaluate(variables, target_j, key)[0])[:b]]
-        times = [0.0]
-        t_steps = time.perf_counter()
-        opt_state = self._opt.init(variables)
+        at = set(snapshot_steps(steps, snapshots)[1:])
+        opt_state = self._opt_state(variables, lr)
+        cands, snap_steps, dists, times = [start], [0], [], [0.0]
         last_good = variables
-        for step in range(1, steps + 1):
-            variables, opt_state, d = self._step(variables, opt_state, target_j, key)
-            if step in at:
-                jax.block_until_ready(variables)
-                times.append(time.perf_counter() - t_steps)
-                d_now = np.asarray(self._evaluate(variables, target_j, key)[0])[:b]
-                if not np.all(np.isfinite(d_now)):  # keep the last finite point; stop descending
-                    variables = last_good
-                    d_now = np.asarray(self._evaluate(variables, target_j, key)[0])[:b]
-                last_good = variables
-                cands.append(self._hard(variables)[:b])
-                dists.append(d_now)
-        return RefineResult(np.stack(cands), (0, *at), np.stack(dists), time.perf_counter() - t0, compile_s,
+
+        def snapshot(k: int, v, d: np.ndarray) -> bool:
+            nonlocal last_good
+            if not np.all(np.isfinite(d)):
+                return False
+            times.append(time.perf_counter() - t0)
+            cands.append(self._hard(v)[:b])
+            snap_steps.append(k)
+            dists.append(d)
+            last_good = v
+            return True
+
+        finite = True
+        for k in range(steps):  # the step at k returns the distance of the point after k updates
+            new_variables, opt_state, d, _ = self._step(variables, opt_state, target_j, key)
+            d = np.asarray(d)[:b]
+            if k == 0:
+                dists.append(d)
+            elif k in at and not snapshot(k, variables, d):
+                finite = False
+                break
+            variables = new_variables
+        if finite and steps:
+            d = np.asarray(self._evaluate(variables, target_j, key)[0])[:b]
+            snapshot(steps, variables, d)
+        if not dists:  # steps == 0
+            dists.append(np.asarray(self._evaluate(variables, target_j, key)[0])[:b])
+        return RefineResult(np.stack(cands), tuple(snap_steps), np.stack(dists), time.perf_counter() - t0, compile_s,
                             tuple(times))
 
     def render(self, normalized: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -296,15 +336,24 @@ class ProxyRefiner:
         variables = self._variables(self._pad(normalized), 60.0, clip=1e-7)
         dummy = jnp.zeros((self.batch_size, 2, self.data.n_samples), jnp.float32)
         key = jax.random.key(seed)
-        self._warm_up(variables, dummy, key, ("evaluate",))
+        self._warm_up(variables, dummy, key)
         return np.asarray(self._evaluate(variables, dummy, key)[1])[:b]
 
 
+def snapshot_steps(steps: int, snapshots: int) -> tuple[int, ...]:
+    """Steps at which :meth:`ProxyRefiner.refine` takes its snapshots: 0 (the start), then
+    ``snapshots`` evenly spaced steps ending at ``steps`` (fewer when ``steps < snapshots``)."""
+    if steps <= 0:
+        return (0,)
+    return (0, *sorted({int(round(steps * (k + 1) / max(snapshots, 1))) for k in range(max(snapshots, 1))} - {0}))
+
+
 @functools.lru_cache(maxsize=8)
-def get_refiner(data: DataConfig, fft_sizes: tuple[int, ...], batch_size: int = 1, lr: float = 0.05,
+def get_refiner(data: DataConfig, fft_sizes: tuple[int, ...], batch_size: int = 1,
                 categorical_confidence: float = 3.0) -> ProxyRefiner:
-    """A shared :class:`ProxyRefiner` (compiled graphs are reused across calls in a process)."""
-    return ProxyRefiner(data, fft_sizes, batch_size, lr, categorical_confidence)
+    """A shared :class:`ProxyRefiner` (compiled graphs are reused across calls in a process; pass
+    the learning rate to :meth:`ProxyRefiner.refine`)."""
+    return ProxyRefiner(data, fft_sizes, batch_size, categorical_confidence=categorical_confidence)
 
 
 # ------------------------------------------------------------------------------ CMA-ES
@@ -363,14 +412,15 @@ class SearchResult:
 
 def cma_search(render: RenderFn, targets: np.ndarray, start: np.ndarray, layout: HeadLayout, budget: int,
                sample_rate: int, *, start_mss: np.ndarray | None = None, sigma0: float = 0.2,
-               popsize: int | None = None, seed: int = 0,
+               popsize: int | None = None, seed: int = 0, min_level_db: np.ndarray | float | None = None,
                log: Callable[[str], None] | None = None) -> SearchResult:
     """CMA-ES through the real plugin from presets ``start`` [B, n_params] towards ``targets``
     [B, 2, T], ``budget`` plugin renders per target.
 
     ``start_mss`` [B] is the start's known plugin distance (else the start is rendered first and
     that render counts against the budget). Candidates are scored with :func:`score_mss`; a
-    failed render scores ``inf`` and is told to CMA-ES as a large value.
+    failed render (or, with ``min_level_db`` [B] or scalar, one quieter than that) scores ``inf``
+    and is told to CMA-ES as a large value.
     """
     import cma
 
@@ -386,12 +436,12 @@ def cma_search(render: RenderFn, targets: np.ndarray, start: np.ndarray, layout:
         if budget == 0:
             raise ValueError("cma_search: budget 0 and no start_mss; nothing to score the start with")
         audio, ok = render(start, np.arange(b))
-        best_mss = score_mss(audio, targets, ok, sample_rate)
+        best_mss = score_mss(audio, targets, ok, sample_rate, min_level_db)
         used += 1
     else:
         best_mss = np.asarray(start_mss, dtype=np.float64).copy()
+    floor = None if min_level_db is None else np.broadcast_to(np.asarray(min_level_db, np.float64), (b,))
     history: list[list[tuple[int, float, float]]] = [[(int(used[k]), float(best_mss[k]), 0.0)] for k in range(b)]
-    dim = len(layout.learned)
     x0 = encode_search(layout, start)
     opts = {"bounds": [0.0, 1.0], "verbose": -9, "verb_log": 0, "verb_disp": 0, "tolfun": 0.0, "tolx": 0.0,
             "tolfunhist": 0.0, "tolstagnation": 10 ** 9, "tolflatfitness": 10 ** 9}
@@ -418,7 +468,7 @@ def cma_search(render: RenderFn, targets: np.ndarray, start: np.ndarray, layout:
         rows_a = np.asarray(rows)
         cand = decode_search(layout, np.asarray(xs))
         audio, ok = render(cand, rows_a)
-        d = score_mss(audio, targets[rows_a], ok, sample_rate)
+        d = score_mss(audio, targets[rows_a], ok, sample_rate, None if floor is None else floor[rows_a])
         generation += 1
         elapsed = (time.perf_counter() - t0) / b
         pos = 0

@@ -1,0 +1,130 @@
+"""``python -m training.evaluate`` with a tiny trained run: in-domain (factory presets) with every
+method and baseline, out of domain (a folder of audio files), reports written, bad options."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_match import ensure_tiny_run, karplus_strong  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return ensure_tiny_run(tmp_path_factory.getbasetemp() / "tiny")
+
+
+@pytest.mark.plugin
+def test_evaluate_factory_every_method(tiny_run, tmp_path, capsys):
+    from training.evaluate import main
+
+    out = tmp_path / "eval" / "factory.json"
+    rc = main(["--run", str(tiny_run), "--targets", "factory", "--n", "2", "--json", str(out),
+               "--refine-steps", "2", "--snapshots", "1", "--refine-batch", "1", "--search-renders", "6",
+               "--cma-renders", "8",
+               "--param-run", str(tiny_run), "--examples", "1"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads(out.read_text())
+    methods = result["methods"]
+    assert list(methods) == ["model", "model+refine", "model+search", "mean_preset", "random_preset",
+                             "nearest_neighbour", "param_only", "cma_mean"]
+    for name, m in methods.items():
+        assert m["n_ok"] == 2, name
+        for key in ("mss", "logmel_l1", "mfcc_l1", "lsd_db", "spectral_convergence", "param_mae", "cat_acc"):
+            assert m["metrics"][key] is not None and np.isfinite(m["metrics"][key]), (name, key)
+        assert m["seconds_per_target"] >= 0
+    assert methods["cma_mean"]["renders_per_target"] == 8 and methods["model+search"]["renders_per_target"] == 1 + 6
+    assert methods["model+refine"]["renders_per_target"] == 1 + 1
+    # the same network, the same presets
+    assert methods["param_only"]["metrics"]["mss"] == pytest.approx(methods["model"]["metrics"]["mss"])
+    # refinement and search start from the prediction and keep it unless a plugin render beats it
+    for t in result["per_target"]:
+        assert t["mss"]["model+refine"] <= t["mss"]["model"] + 1e-6
+        assert t["mss"]["model+search"] <= t["mss"]["model"] + 1e-6
+    # numbers of the tiny run that catch regressions: refinement helps on these targets, a random
+    # preset is far off, and CMA-ES's selection score is what its preset scores when re-rendered
+    mss = {name: m["metrics"]["mss"] for name, m in methods.items()}
+    assert mss["model+refine"] < 0.9 * mss["model"], mss
+    assert mss["random_preset"] > 1.2 * mss["model"], mss
+    assert methods["cma_mean"]["selection_mean_mss"] == pytest.approx(mss["cma_mean"], rel=0.05)
+    curve = methods["model+refine"]["curve"]
+    assert curve["steps"] == [0, 2] and curve["mean_mss"][1] <= curve["mean_mss"][0] + 1e-9
+    assert curve["seconds_per_target"][1] >= curve["seconds_per_target"][0] > 0
+    assert len(result["bars"]) == 2 and all(b["passed"] in (True, False) for b in result["bars"])
+    assert "cma_mean_to_reach_model_refine" in result
+    md = out.with_suffix(".md").read_text()
+    assert "| model+refine |" in md and "factory-example-0.png" in md
+    assert out.with_name("factory-example-0.png").read_bytes()[:4] == b"\x89PNG"
+    html = out.with_suffix(".html").read_text()
+    assert html.count("<audio") == 1 + 6 and "id='methods'" in html  # target + 6 shown methods
+    assert re.search(r"^model\+refine\s", stdout, re.M) and ("[PASS]" in stdout or "[FAIL]" in stdout)
+
+
+@pytest.mark.plugin
+def test_evaluate_folder_out_of_domain(tiny_run, tmp_path):
+    import soundfile as sf
+
+    from training.evaluate import main
+
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    karplus_strong(folder / "a-pluck.flac")
+    sf.write(folder / "b-silent.wav", np.zeros((8000, 2)), 16000)
+    (folder / "readme.txt").write_text("not audio")
+    out = tmp_path / "ood.json"
+    rc = main(["--run", str(tiny_run), "--targets", str(folder), "--n", "5", "--json", str(out),
+               "--refine-steps", "0", "--search-renders", "0", "--cma-renders", "4", "--no-dataset",
+               "--examples", "1"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 1 and result["per_target"][0]["name"] == "a-pluck.flac"
+    assert any("skipped b-silent.wav" in n and "silence" in n for n in result["notes"])
+    assert list(result["methods"]) == ["model", "mean_preset", "random_preset", "cma_mean"]
+    assert "param_mae" not in result["methods"]["model"]["metrics"]  # out of domain: no parameters
+    assert [b["passed"] for b in result["bars"]] == [None, None]
+    assert out.with_suffix(".html").is_file()
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--targets", "nowhere"], r"--targets: expected random, factory, or an existing folder"),
+    (["--targets", "factory", "--n", "0"], r"--n: expected an integer in 1\.\.100000, got '0'"),
+    (["--targets", "factory", "--refine-steps", "-3"], r"--refine-steps: expected an integer >= 0, got '-3'"),
+    (["--targets", "factory", "--json", "out.txt"], r"--json: expected a file name ending in \.json"),
+])
+def test_bad_options(argv, pattern, tmp_path, capsys):
+    from training.evaluate import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "best" / "1").mkdir(parents=True)
+    from training.config import load_config
+
+    (run / "config.json").write_text(json.dumps(load_config(None).to_dict()))
+    assert main(["--run", str(run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err) and "fix:" in err, err
+
+
+def test_find_param_run_prefers_the_same_setup(tmp_path):
+    from training.config import load_config
+    from training.evaluate import find_param_run
+
+    def make(name, overrides, checkpoint=True):
+        d = tmp_path / name
+        (d / "checkpoints" / "best" / ("1" if checkpoint else "")).mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps(load_config(None, overrides).to_dict()))
+        return d
+
+    run = make("hybrid", ["loss.schedule=hybrid"])
+    assert find_param_run(run, load_config(None, ["loss.schedule=hybrid"])) == (None, [])
+    make("other-note", ["loss.schedule=param", "data.note=48"])  # other sounds: never chosen
+    make("no-ckpt", ["loss.schedule=param"], checkpoint=False)
+    loose = make("param-wide", ["loss.schedule=param", "model.hidden=64"])
+    cfg = load_config(None, ["loss.schedule=hybrid"])
+    assert find_param_run(run, cfg) == (loose, ["model.hidden"])
+    exact = make("param", ["loss.schedule=param", "data.workers=1"])
+    assert find_param_run(run, cfg) == (exact, [])
