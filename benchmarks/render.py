@@ -26,7 +26,6 @@ shared machine compare rows of one run rather than runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxies import host as H  # noqa: E402
 from proxies.amsynth.spec import AMSYNTH, uses_sync  # noqa: E402
+from proxies.files import atomic_write_json  # noqa: E402
 
 DURATION_S = 1.5
 NOTES = (H.Note(60, 100, 0.0, 1.0),)
@@ -167,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.quick)
     print_table(result)
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, result, indent=2)
         print(f"wrote {args.json}")
     return 0
 

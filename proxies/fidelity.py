@@ -30,13 +30,13 @@ LFO depths 0; sync off; osc1 only; osc2 only). The stage whose removal raises th
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from typing import Sequence
 
 import numpy as np
+
+from proxies.files import atomic_write_json
 
 __all__ = ["snr_db", "ABLATIONS", "select_presets", "evaluate", "main"]
 
@@ -252,10 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--n must be >= 2 (the reference distance needs two presets); got {args.n}")
     report = evaluate(args.synth, args.n, args.presets, args.seed, args.sr, args.workers, args.batch, args.diagnose)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
 

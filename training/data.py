@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import zipfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from proxies.files import atomic_savez, atomic_write_json
 from proxies.params import SynthSpec
 from training.config import DataConfig
 
@@ -314,7 +314,7 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
                     log(f"[data] {split} shard {k}: {len(failed)} preset(s) failed to render and are dropped: "
                         f"rows {failed.tolist()[:10]}{' ...' if len(failed) > 10 else ''}")
                 normalized = presets[split][rows_ok]
-                _atomic_savez(root / name, audio=audio[ok].astype(cfg.audio_dtype), normalized=normalized,
+                atomic_savez(root / name, audio=audio[ok].astype(cfg.audio_dtype), normalized=normalized,
                               internal=np.asarray(spec.normalized_to_internal(normalized), dtype=np.float32),
                               index=rows_ok.astype(np.int64), failed=failed.astype(np.int64))
                 shards_info[name] = {"split": split, "rows": len(rows), "kept": int(ok.sum()),
@@ -384,19 +384,8 @@ def _load_split(root: Path, split: str, shard_ids: Sequence[int]) -> Split:
     return Split(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, sort_keys=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

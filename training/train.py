@@ -36,6 +36,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
+from proxies.files import atomic_write_json
 from training import evaluate_core
 from training.config import Config, ConfigError, LossConfig, OptimConfig
 from training.data import Dataset, PluginRenderer, build_dataset, iterate_batches, spec_of
@@ -408,9 +409,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path) -> None:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:

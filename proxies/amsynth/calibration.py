@@ -33,6 +33,7 @@ import numpy as np
 
 from proxies.amsynth.proxy import CATEGORICAL_SIZES, ProxyConfig, ProxyParams, render
 from proxies.amsynth.spec import AMSYNTH
+from proxies.files import atomic_write_json
 
 __all__ = [
     "ProxyConfig",
@@ -435,9 +436,5 @@ def save_residual(residual: Residual, path: str | os.PathLike = RESIDUAL_PATH, m
     if meta:
         data["meta"] = dict(meta)
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, sort_keys=True)
     _default_residual.cache_clear()

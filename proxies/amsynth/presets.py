@@ -51,7 +51,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -59,6 +58,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from proxies.amsynth.spec import AMSYNTH
+from proxies.files import atomic_write_bytes
 
 __all__ = [
     "BANK_HEADER",
@@ -458,7 +458,7 @@ def _make_preset(name: str, values: np.ndarray, seen: dict[str, int], source: st
 
 def write_preset_text(path: str | os.PathLike, preset: Preset) -> None:
     """Write a single preset text file (``.amSynth``), atomically."""
-    _atomic_write(path, format_preset_text(preset).encode("utf-8", "surrogateescape"))
+    atomic_write_bytes(path, format_preset_text(preset).encode("utf-8", "surrogateescape"))
 
 
 # ------------------------------------------------------------------------------------ banks
@@ -570,7 +570,7 @@ def write_bank(path: str | os.PathLike, presets: Iterable[Preset]) -> None:
         data = format_bank(presets)
     except PresetError as e:
         raise PresetError(f"{path}: {e}", source=str(path)) from None
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
 
 
 # -------------------------------------------------------------------------------------- fxp
@@ -619,13 +619,13 @@ def write_fxp_params(path: str | os.PathLike, preset_or_normalized: Preset | Seq
     Loading it with DawDreamer's ``load_preset`` renders bit-identically to ``set_parameter``
     of the same normalized values. ``name`` defaults to the preset's name (required for arrays).
     """
-    _atomic_write(path, format_fxp_params(preset_or_normalized, name))
+    atomic_write_bytes(path, format_fxp_params(preset_or_normalized, name))
 
 
 def write_fxp_chunk(path: str | os.PathLike, preset: Preset) -> None:
     """Write an FPCh .fxp (preset text chunk) atomically: exact internal values, no normalized
     float round trip."""
-    _atomic_write(path, format_fxp_chunk(preset))
+    atomic_write_bytes(path, format_fxp_chunk(preset))
 
 
 def parse_fxp(data: bytes, source: str = "<fxp>") -> Preset:
@@ -809,26 +809,3 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
-
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -57,7 +57,6 @@ bend, CC pan, the sustain pedal and chords are not part of a render.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
