@@ -152,6 +152,15 @@ def _check_outputs(out: Path, report: dict, sample_rate: int) -> None:
             assert np.max(np.abs(audio.T - wav)) <= 1e-6, path
         else:
             assert np.isfinite(audio).all() and audio.shape == (2, report["n_samples"])
+    if uses_noise(final[None])[0]:
+        # noise comes from the plugin's process-global generator: sample for sample only in a
+        # fresh render worker (the host's protocol), which is how match rendered it
+        from proxies.host import RenderPool
+
+        with RenderPool("amsynth", workers=1, sample_rate=sample_rate) as pool:
+            audio, failures = pool.render_batch(text.normalized[None], notes=(note,), duration_s=duration)
+        assert not failures
+        assert np.max(np.abs(audio[0].T - wav)) <= 1e-6
 
     # the written preset is audible: never more than QUIET_DB below the target (silence would often
     # score a lower distance than a wrong sound)
