@@ -141,8 +141,107 @@ def _push(hist: Array, write: Array) -> Array:
     return jnp.concatenate([hist[..., write.shape[-1]:], write], axis=-1)
 
 
+def _by_blocks(x: Array, size: int) -> Array:
+    """``(B, n)`` -> ``(ceil(n / size), B, size)``, zero-padded."""
+    b, t = x.shape
+    nb = -(-t // size)
+    return jnp.pad(x, ((0, 0), (0, nb * size - t))).reshape(b, nb, size).transpose(1, 0, 2)
+
+
+def _from_blocks(y: Array, t: int) -> Array:
+    nb, b, size = y.shape
+    return y.transpose(1, 0, 2).reshape(b, nb * size)[:, :t]
+
+
+def _comb_blocks(x: Array, delay: int, room: Array, damp: Array, clamp, doublings: int) -> Array:
+    """One Freeverb comb on ``x`` ``(B, n)`` as a scan over blocks of ``delay`` samples (every
+    read of a block comes from the previous block); the damping one-pole inside a block by
+    ``doublings`` prefix-doubling steps (``2**doublings`` taps)."""
+    b, _ = x.shape
+    d2 = (1.0 - damp)[:, None]
+    powers = damp[:, None] ** jnp.arange(1, delay + 1, dtype=x.dtype)[None, :]
+    taps = [(damp[:, None] ** (2 ** j), 2 ** j) for j in range(doublings)]
+
+    def step(carry, xk):
+        prev, store = carry
+        o = clamp(prev)
+        y = d2 * o
+        for a, shift in taps:
+            y = y + a * jnp.pad(y[:, :-shift], ((0, 0), (shift, 0)))
+        y = y + powers * store[:, None]
+        return (xk + y * room[:, None], y[:, -1]), o
+
+    _, out = lax.scan(step, (jnp.zeros((b, delay), x.dtype), jnp.zeros((b,), x.dtype)), _by_blocks(x, delay))
+    return _from_blocks(out, x.shape[1])
+
+
+def _allpass_blocks(x: Array, delay: int, feedback: float, clamp) -> Array:
+    def step(prev, xk):
+        bo = clamp(prev)
+        return xk + bo * _F32(feedback), bo - xk
+
+    _, out = lax.scan(step, jnp.zeros((x.shape[0], delay), x.dtype), _by_blocks(x, delay))
+    return _from_blocks(out, x.shape[1])
+
+
+def _freeverb_wet_by_line(x: Array, delays: dict, room: Array, damp: Array, rectify: bool,
+                          allpass_feedback: float, doublings: int) -> tuple[Array, Array]:
+    """The system of :func:`_freeverb_forward` written as one scan per delay line: slower
+    forward, but a ~2.5x cheaper gradient (agrees to ~5e-7; the damping recursion is
+    truncated at ``2**doublings`` taps)."""
+    clamp = _rectify if rectify else (lambda v: v)
+    batch, n = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, n)
+    room2, damp2 = jnp.broadcast_to(room, batch).reshape(-1), jnp.broadcast_to(damp, batch).reshape(-1)
+    outs = []
+    for combs, allpasses in ((delays["comb_left"], delays["allpass_left"]),
+                             (delays["comb_right"], delays["allpass_right"])):
+        acc = None
+        for delay in combs:  # Freeverb's summation order
+            o = _comb_blocks(x2, delay, room2, damp2, clamp, doublings)
+            acc = o if acc is None else acc + o
+        for delay in allpasses:
+            acc = _allpass_blocks(acc, delay, allpass_feedback, clamp)
+        outs.append(acc.reshape(batch + (n,)))
+    return outs[0], outs[1]
+
+
+def damping_doublings(max_damp: float, max_delay: int, tolerance: float = 1e-6) -> int:
+    """Prefix-doubling steps after which ``max_damp ** taps < tolerance`` (at most enough to
+    cover ``max_delay`` taps exactly)."""
+    exact = max(1, math.ceil(math.log2(max_delay)))
+    if max_damp <= 0.0:
+        return 1
+    if max_damp >= 1.0:
+        return exact
+    taps = math.log(tolerance) / math.log(max_damp)
+    return min(exact, max(1, math.ceil(math.log2(taps))))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 4, 5, 6))
 def _freeverb_wet(x: Array, delays: dict, room: Array, damp: Array, rectify: bool,
-                  allpass_feedback: float) -> tuple[Array, Array]:
+                  allpass_feedback: float, doublings: int) -> tuple[Array, Array]:
+    """Freeverb's wet signals: forward :func:`_freeverb_forward` (fast), backward the VJP of
+    :func:`_freeverb_wet_by_line` (the same system; its gradient is ~2.5x cheaper)."""
+    return _freeverb_forward(x, delays, room, damp, rectify, allpass_feedback)
+
+
+def _freeverb_wet_fwd(x, delays, room, damp, rectify, allpass_feedback, doublings):
+    return _freeverb_forward(x, delays, room, damp, rectify, allpass_feedback), (x, room, damp)
+
+
+def _freeverb_wet_bwd(delays, rectify, allpass_feedback, doublings, residual, g):
+    x, room, damp = residual
+    _, vjp = jax.vjp(lambda x_, r, d: _freeverb_wet_by_line(x_, delays, r, d, rectify, allpass_feedback, doublings),
+                     x, room, damp)
+    return vjp(g)
+
+
+_freeverb_wet.defvjp(_freeverb_wet_fwd, _freeverb_wet_bwd)
+
+
+def _freeverb_forward(x: Array, delays: dict, room: Array, damp: Array, rectify: bool,
+                      allpass_feedback: float) -> tuple[Array, Array]:
     """Freeverb's wet signals ``(outL, outR)`` for the mono comb input ``x`` (``(..., n)``).
 
     Comb: ``o = buf[i]; store = o*(1-damp) + store*damp; buf[i] = in + store*room;
@@ -208,13 +307,13 @@ def _freeverb_wet(x: Array, delays: dict, room: Array, damp: Array, rectify: boo
 
 @functools.partial(jax.jit, static_argnames=(
     "sample_rate", "rectify", "inplace_mix", "input_gain", "wet_scale", "dry_scale", "room_scale", "room_offset",
-    "damp_scale", "allpass_feedback", "gain_smoother_rate"))
+    "damp_scale", "allpass_feedback", "gain_smoother_rate", "max_damp"))
 def freeverb(left, right, sample_rate: float, room_size, damping, wet, dry, width, *,
              rectify: bool = True, inplace_mix: bool = True, input_gain: float = 0.015,
              wet_scale: float = 1.0, dry_scale: float = 1.0, room_scale: float = 0.28,
              room_offset: float = 0.7, damp_scale: float = 0.4, allpass_feedback: float = 0.5,
              gain_smoother_initial: tuple | None = None,
-             gain_smoother_rate: float = 0.005) -> tuple[Array, Array]:
+             gain_smoother_rate: float = 0.005, max_damp: float | None = None) -> tuple[Array, Array]:
     """Freeverb: 8 parallel damped combs + 4 series all-passes per channel.
 
     Per sample (README §7.3, Freeverb ``revmodel::processmix``)::
@@ -241,7 +340,9 @@ def freeverb(left, right, sample_rate: float, room_size, damping, wet, dry, widt
     44.1 kHz), each chunk vectorised (see :func:`_freeverb_wet`), instead of a scan
     over samples. Matches a per-sample float32 loop to ~1e-7 relative (the damping
     recursion is summed in a different order; all-passes and the output mix are
-    bit-exact).
+    bit-exact). The gradient is that of the same system written as one scan per delay
+    line (:func:`_freeverb_wet_by_line`), ~2.5x cheaper than differentiating the chunked
+    forward.
 
     Args:
       left, right: input channels, shape ``(..., n)``.
@@ -262,6 +363,9 @@ def freeverb(left, right, sample_rate: float, room_size, damping, wet, dry, widt
         the gains then glide per sample with :func:`parameter_smoother` (Freeverb's
         de-zipper, float32-exact; a fresh amsynth instance starts at ``(0, 0, 0)``).
       gain_smoother_rate: the de-zipper rate per sample.
+      max_damp: an upper bound of the comb damping ``damping * damp_scale`` (default
+        ``damp_scale``: damping in ``[0, 1]``). Only the gradient uses it: its damping
+        recursion is truncated where ``max_damp ** taps < 1e-6``.
     Returns:
       ``(left, right)``, each ``(..., n)``.
     """
@@ -275,7 +379,9 @@ def freeverb(left, right, sample_rate: float, room_size, damping, wet, dry, widt
         raise ValueError(f"sample_rate {sample_rate} gives a delay line shorter than 1 sample")
 
     x = (left + right) * _F32(input_gain)
-    out_l, out_r = _freeverb_wet(x, delays, room, damp, rectify, allpass_feedback)
+    doublings = damping_doublings(damp_scale if max_damp is None else max_damp, max(delays["comb_left"]
+                                                                                     + delays["comb_right"]))
+    out_l, out_r = _freeverb_wet(x, delays, room, damp, rectify, float(allpass_feedback), doublings)
 
     wet1, wet2, dry_g = freeverb_mix_gains(wet, dry, width, wet_scale, dry_scale)
     if gain_smoother_initial is not None:

@@ -65,7 +65,7 @@ import numpy as np
 from jax import lax
 
 from diffsynth import effects as dsfx
-from diffsynth.control import strict_divide, strict_round
+from diffsynth.control import strict_divide
 from diffsynth import envelopes as dsenv
 from diffsynth import filters as dsfilt
 from proxies.amsynth import noise as lcg
@@ -1211,98 +1211,6 @@ def _filter_vca(x, coefs, bid, p_slope, p_bypass, amp_in, vca_z0, sample_rate):
 # ---------------------------------------------------------------------------------------
 
 
-_FLT_MIN = np.float32(np.finfo(np.float32).tiny)
-
-
-def _rectify(x):
-    """amsynth's ``undenormalise``: every value below FLT_MIN becomes 0 (README §7.3)."""
-    return jnp.where(x < _FLT_MIN, F32(0), x)
-
-
-def _by_blocks(x, size):
-    b, t = x.shape
-    nb = -(-t // size)
-    return jnp.pad(x, ((0, 0), (0, nb * size - t))).reshape(b, nb, size).transpose(1, 0, 2)
-
-
-def _from_blocks(y, t):
-    nb, b, size = y.shape
-    return y.transpose(1, 0, 2).reshape(b, nb * size)[:, :t]
-
-
-def _comb_blocks(x, delay, room, damp):
-    """One Freeverb comb with the clamps, as a scan over blocks of ``delay`` samples (every
-    read of a block comes from the previous one); the damping one-pole inside a block by
-    prefix doubling (16 taps: damp <= 0.4, 0.4^16 = 4e-7)."""
-    b, t = x.shape
-    d2 = (F32(1) - damp)[:, None]
-    powers = damp[:, None] ** jnp.arange(1, delay + 1, dtype=F32)[None, :]
-    taps = [damp[:, None] ** (2 ** j) for j in range(4)]
-
-    def step(carry, xk):
-        prev, store = carry
-        o = _rectify(prev)
-        y = d2 * o
-        for a, shift in zip(taps, (1, 2, 4, 8)):
-            y = y + a * jnp.pad(y[:, :-shift], ((0, 0), (shift, 0)))
-        y = y + powers * store[:, None]
-        return (xk + y * room[:, None], y[:, -1]), o
-
-    _, out = lax.scan(step, (jnp.zeros((b, delay), F32), jnp.zeros((b,), F32)), _by_blocks(x, delay))
-    return _from_blocks(out, t)
-
-
-def _allpass_blocks(x, delay):
-    def step(prev, xk):
-        bo = _rectify(prev)
-        return xk + bo * F32(0.5), bo - xk
-
-    _, out = lax.scan(step, jnp.zeros((x.shape[0], delay), F32), _by_blocks(x, delay))
-    return _from_blocks(out, x.shape[1])
-
-
-def _freeverb_wet_blocks(x, room, damp, sample_rate):
-    """Freeverb's wet pair from the comb input ``x``: a formulation with a cheap gradient."""
-    d = dsfx.freeverb_delay_lengths(sample_rate)
-    outs = []
-    for combs, allpasses in ((d["comb_left"], d["allpass_left"]), (d["comb_right"], d["allpass_right"])):
-        acc = None
-        for delay in combs:
-            o = _comb_blocks(x, delay, room, damp)
-            acc = o if acc is None else acc + o
-        for delay in allpasses:
-            acc = _allpass_blocks(acc, delay)
-        outs.append(acc)
-    return tuple(outs)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _freeverb_wet(mono, room, damp, sample_rate):
-    """Freeverb's wet signals ``(outL, outR)`` for the mono voice sum (amsynth's quirks).
-
-    Forward: :func:`diffsynth.effects.freeverb` (fast). Backward: the VJP of
-    :func:`_freeverb_wet_blocks`, the same system (agrees to ~5e-7) written as one scan per
-    delay line, whose gradient is ~2.5x faster than differentiating the forward.
-    TODO(diffsynth.effects): give ``freeverb`` this backward (custom VJP) there.
-    """
-    one = jnp.ones_like(room)
-    return dsfx.freeverb(mono, mono, sample_rate, room, damp, one, jnp.zeros_like(room), one, inplace_mix=False,
-                         room_scale=1.0, room_offset=0.0, damp_scale=1.0)
-
-
-def _freeverb_wet_fwd(mono, room, damp, sample_rate):
-    return _freeverb_wet(mono, room, damp, sample_rate), (mono, room, damp)
-
-
-def _freeverb_wet_bwd(sample_rate, residual, g):
-    mono, room, damp = residual
-    _, vjp = jax.vjp(lambda x, r, d: _freeverb_wet_blocks((x + x) * F32(0.015), r, d, sample_rate), mono, room, damp)
-    return vjp(g)
-
-
-_freeverb_wet.defvjp(_freeverb_wet_fwd, _freeverb_wet_bwd)
-
-
 def master_section(mono, params: ProxyParams, config: ProxyConfig) -> jax.Array:
     """Distortion -> reverb (dry gain 2 - wet) -> limiter on the mono voice sum, ``[B, 2, T]``.
 
@@ -1312,12 +1220,12 @@ def master_section(mono, params: ProxyParams, config: ProxyConfig) -> jax.Array:
     the stereo-linked soft limiter starting from a zero peak.
     """
     x = dsfx.power_distortion(mono, params.distortion_exponent[:, None])
-    out_l, out_r = _freeverb_wet(x, params.reverb_room, params.reverb_damp, config.sample_rate)
-    wet1, wet2, dry = (g[:, None] for g in dsfx.freeverb_mix_gains(params.reverb_wet, F32(1) - params.reverb_wet,
-                                                                    params.reverb_width))
-    mix_l = (strict_round(out_l * wet1) + strict_round(out_r * wet2)) + strict_round(x * dry)
-    mix_r = (strict_round(out_r * wet1) + strict_round(out_l * wet2)) + strict_round(x * dry)
-    left, right = dsfx.peak_limiter(x + mix_l, x + mix_r, config.sample_rate)
+    wet = params.reverb_wet
+    # the calibration gives the comb damping itself (amsynth: control x 0.4, so at most 0.4)
+    left, right = dsfx.freeverb(x, x, config.sample_rate, params.reverb_room, params.reverb_damp, wet,
+                                F32(1) - wet, params.reverb_width, room_scale=1.0, room_offset=0.0,
+                                damp_scale=1.0, max_damp=0.4)
+    left, right = dsfx.peak_limiter(left, right, config.sample_rate)
     return jnp.stack([left, right], axis=1)
 
 
