@@ -282,7 +282,7 @@ def _tiny_fit_config(tmp_path: Path, name: str, *extra: str) -> Config:
         "model.channels=[4, 8]", "model.hidden=16", "loss.schedule=param", "loss.fft_sizes=[128, 512]",
         "optim.batch_size=4", "optim.steps=6", "optim.log_every=1", "optim.eval_every=3",
         "optim.checkpoint_every=2", "optim.lr_warmup_steps=0", "eval.n_random=4", "eval.n_factory=3",
-        "eval.batch_size=4", *extra])
+        "eval.batch_size=4", "eval.proxy_search_rounds=1", "eval.proxy_search_candidates=2", *extra])
 
 
 def _losses(run_dir: Path) -> list[tuple[str, str]]:
@@ -301,7 +301,7 @@ def test_fit_end_to_end_through_the_real_plugin_and_resume(tmp_path, amsynth_pat
     written = json.loads((run / "summary.json").read_text())
     assert written["config"] == cfg.to_dict() and written["wall_seconds"] > 0
     for set_name in ("random", "factory"):
-        for method in ("model", "mean_preset", "nearest_neighbour"):
+        for method in ("model", "model+proxy_search", "mean_preset", "nearest_neighbour"):
             m = written["eval"][set_name][method]
             for key in ("mss", "logmel_l1", "mfcc_l1", "param_mae"):
                 assert np.isfinite(m[key]), (set_name, method, key)

@@ -267,18 +267,30 @@ class EvalConfig:
     the validation predictions through the real plugin and takes the multi-resolution STFT
     distance (honest, costs a pool of renders per evaluation); ``param`` uses the parameter loss.
     The final evaluation uses ``n_random`` held-out random presets (from the test split) and
-    ``n_factory`` factory presets.
+    ``n_factory`` factory presets. With ``proxy_search_rounds`` > 0 it also scores
+    ``model+proxy_search``: the model's prediction improved by ``training.proxy_search`` (rounds of
+    ``proxy_search_candidates`` proxy renders per target, step ``proxy_search_sigma`` in normalized
+    units, halved each round; no plugin render, no training data).
     """
 
     n_random: int = 256
     n_factory: int = 256
     val_distance: Literal["plugin", "param"] = "plugin"
     batch_size: int = 64
+    proxy_search_rounds: int = 4
+    proxy_search_candidates: int = 16
+    proxy_search_sigma: float = 0.25
 
     def validate(self) -> None:
         _require(self.n_random >= 1, "eval.n_random", "an integer >= 1", self.n_random)
         _require(self.n_factory >= 0, "eval.n_factory", "an integer >= 0 (0 skips factory presets)", self.n_factory)
         _require(1 <= self.batch_size <= 65536, "eval.batch_size", "an integer in [1, 65536]", self.batch_size)
+        _require(0 <= self.proxy_search_rounds <= 64, "eval.proxy_search_rounds", "an integer in [0, 64] (0 skips it)",
+                 self.proxy_search_rounds)
+        _require(1 <= self.proxy_search_candidates <= 4096, "eval.proxy_search_candidates", "an integer in [1, 4096]",
+                 self.proxy_search_candidates)
+        _require(0.0 < self.proxy_search_sigma <= 1.0, "eval.proxy_search_sigma", "a number in (0, 1]",
+                 self.proxy_search_sigma)
 
 
 SECTIONS: dict[str, type] = {

@@ -9,7 +9,9 @@
 * :func:`score_presets`: presets -> real-plugin re-render -> metrics against targets.
 * :func:`evaluate`: the end-of-fit evaluation on held-out random presets and on factory presets,
   model against baselines; returns the ``{"eval": {"random": {"model": {...}, "mean_preset":
-  {...}, "nearest_neighbour": {...}}, "factory": {...}}}`` block of ``summary.json``.
+  {...}, "nearest_neighbour": {...}}, "factory": {...}}}`` block of ``summary.json``. ``model``
+  is the network's prediction alone; ``model+proxy_search`` (when ``eval.proxy_search_rounds``
+  > 0) is that prediction improved through the proxy (``training.proxy_search``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import numpy as np
 from training.config import Config, from_dict
 from training.data import Dataset, PluginRenderer, factory_eval_presets, spec_of
 from training.features import make_feature_fn
-from training.heads import HeadLayout, hard_normalized, head_layout
+from training.heads import HeadLayout, hard_normalized, head_layout, probabilities
 from training.models import make_model
 
-METHODS = ("model", "mean_preset", "nearest_neighbour")
+METHODS = ("model", "model+proxy_search", "mean_preset", "nearest_neighbour")
 METRIC_KEYS = ("mss", "logmel_l1", "mfcc_l1", "param_mae", "cat_acc")
 
 
@@ -54,6 +56,11 @@ class Predictor:
         self._apply = _predict_fn(self.cfg.model, self.layout, self.feature_fn)
 
     def predict_normalized(self, audio: np.ndarray) -> np.ndarray:
+        return self.predict(audio)[0]
+
+    def predict(self, audio: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """``(presets [B, n_params], probabilities)``: the presets of :meth:`predict_normalized`
+        and, per categorical learned parameter, the encoder's choice probabilities [B, n_choices]."""
         audio = np.asarray(audio)
         n_samples = self.cfg.data.n_samples
         if audio.ndim != 3 or audio.shape[1] != 2 or audio.shape[2] != n_samples:
@@ -61,14 +68,17 @@ class Predictor:
                              f"{self.cfg.data.sample_rate} Hz, stereo), got {audio.shape}; render or resample "
                              "the target with the run's data settings")
         bs = self.cfg.eval.batch_size
-        out = []
+        out, probs = [], []
         for a in range(0, len(audio), bs):
             chunk = audio[a:a + bs]
             padded = np.pad(chunk, ((0, bs - len(chunk)), (0, 0), (0, 0)))  # one compiled shape
-            out.append(np.asarray(self._apply(self.params, self.feature_mean, self.feature_std,
-                                              jnp.asarray(padded)))[:len(chunk)])
+            normalized, p = self._apply(self.params, self.feature_mean, self.feature_std, jnp.asarray(padded))
+            out.append(np.asarray(normalized)[:len(chunk)])
+            probs.append([np.asarray(q)[:len(chunk)] for q in p])
         normalized = np.concatenate(out) if out else np.zeros((0, self.layout.spec.n_params))
-        return np.asarray(self.layout.spec.snap_normalized(normalized.astype(np.float64)), dtype=np.float64)
+        probs_t = tuple(np.concatenate([b[j] for b in probs]) if probs else np.zeros((0, k))
+                        for j, k in enumerate(self.layout.n_choices))
+        return np.asarray(self.layout.spec.snap_normalized(normalized.astype(np.float64)), dtype=np.float64), probs_t
 
 
 @functools.lru_cache(maxsize=16)
@@ -77,7 +87,8 @@ def _predict_fn(model_cfg: Any, layout: HeadLayout, feature_fn: Callable) -> Cal
 
     def apply(params, mean, std, audio):
         features = (feature_fn(audio.astype(jnp.float32)) - mean) / std
-        return hard_normalized(layout, model.apply({"params": params}, features))
+        prediction = model.apply({"params": params}, features)
+        return hard_normalized(layout, prediction), probabilities(prediction)
 
     return jax.jit(apply)
 
@@ -236,14 +247,25 @@ def evaluate_targets(predictor: Predictor, renderer: PluginRenderer, target_audi
                      target_normalized: np.ndarray, train_normalized: np.ndarray, train_embeddings: np.ndarray,
                      mean: np.ndarray) -> dict[str, dict[str, float]]:
     """Model, mean-preset and nearest-neighbour scores on one target set."""
-    layout, sr = predictor.layout, predictor.cfg.data.sample_rate
+    layout, cfg = predictor.layout, predictor.cfg
+    sr = cfg.data.sample_rate
     results = {}
     t0 = time.perf_counter()
-    pred = predictor.predict_normalized(target_audio)
+    pred, probs = predictor.predict(target_audio)
     t_pred = time.perf_counter() - t0
     t0 = time.perf_counter()
     m = score_presets(renderer, layout, pred, target_audio, target_normalized, sr)
-    results["model"] = _summarise(m, t_pred + (time.perf_counter() - t0) / 2)
+    t_render = (time.perf_counter() - t0) / 2
+    results["model"] = _summarise(m, t_pred + t_render)
+
+    if cfg.eval.proxy_search_rounds > 0:
+        from training.proxy_search import proxy_search
+
+        found = proxy_search(cfg.data, layout, pred, probs, target_audio, rounds=cfg.eval.proxy_search_rounds,
+                             candidates=cfg.eval.proxy_search_candidates, sigma=cfg.eval.proxy_search_sigma,
+                             seed=cfg.run.seed)
+        m = score_presets(renderer, layout, found.presets, target_audio, target_normalized, sr)
+        results["model+proxy_search"] = _summarise(m, t_pred + found.seconds + t_render)
 
     t0 = time.perf_counter()
     means = np.broadcast_to(mean, pred.shape).copy()

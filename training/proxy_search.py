@@ -1,0 +1,137 @@
+"""Improving a batch of predicted presets through the proxy alone: a guided random search.
+
+The encoder's prediction is the start. Each round draws ``candidates`` presets per target around
+the current best one: every continuous learned parameter moves by Gaussian noise of ``sigma``
+(normalized units; ``sigma`` halves each round), every categorical one keeps its choice with
+probability 1/2 and is otherwise drawn from the encoder's softmax for that target. All candidates
+are rendered by the JAX proxy (forward only: no gradient, no real plugin, no training data) and a
+candidate replaces the best when its multi-resolution STFT distance to the target is lower, so
+the result is never further from the target than the start *in the proxy*. What it is worth is
+measured by re-rendering through the real plugin (``training.evaluate_core``).
+
+Why a search and not gradient refinement (``training.search.ProxyRefiner``): for many targets at
+once a forward render costs about 10 ms per sound on 2 CPU cores, a gradient step about 10x
+that, and the forward pass compiles in seconds instead of minutes. Measured on 64 held-out random
+presets (default run, 16 kHz): network alone 1.776, 4 rounds of 16 candidates 1.419 (0.65 s per
+target), nearest neighbour 1.519.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from training.config import DataConfig
+from training.heads import HeadLayout
+
+
+@dataclass(frozen=True)
+class ProxySearchResult:
+    """Outcome of :func:`proxy_search` for N targets.
+
+    Attributes:
+        presets: best presets found [N, n_params] (normalized, snapped to the plugin's grid).
+        proxy_distance: their proxy multi-resolution STFT distance to the targets [N].
+        start_distance: the same for the start presets [N].
+        renders_per_target: proxy renders spent per target (the start included).
+        seconds: wall time (the proxy's compilation included on first use).
+    """
+
+    presets: np.ndarray
+    proxy_distance: np.ndarray
+    start_distance: np.ndarray
+    renders_per_target: int
+    seconds: float
+
+
+@functools.lru_cache(maxsize=8)
+def _distance_fn(data: DataConfig) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """``f(normalized [B, n_params], target [B, 2, T], key) -> [B]``: proxy render, then the
+    multi-resolution STFT distance of the evaluation (each channel scored, then averaged)."""
+    from diffsynth.losses import multi_resolution_stft_loss
+    from training.proxy_loss import make_proxy_render
+
+    render = make_proxy_render(data)
+
+    def f(normalized: jax.Array, target: jax.Array, key: jax.Array) -> jax.Array:
+        audio = render(normalized, None, key)
+        return multi_resolution_stft_loss(audio, target).mean(axis=-1)
+
+    return jax.jit(f)
+
+
+def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndarray, seed: int = 0,
+                    batch_size: int = 128) -> np.ndarray:
+    """Proxy multi-resolution STFT distance [M] of ``presets`` [M, n_params] (normalized)
+    against ``target_audio`` [M, 2, T], rendered ``batch_size`` at a time (one compiled shape;
+    measured 16 kHz, 1 s: 10.4 / 9.5 / 8.5 / 8.2 ms per sound at 32 / 64 / 128 / 256)."""
+    fn = _distance_fn(data)
+    presets = np.asarray(presets, np.float32)
+    target_audio = np.asarray(target_audio, np.float32)
+    out = np.empty(len(presets), np.float64)
+    for a in range(0, len(presets), batch_size):
+        n = min(batch_size, len(presets) - a)
+        x = np.pad(presets[a:a + n], ((0, batch_size - n), (0, 0)))
+        t = np.pad(target_audio[a:a + n], ((0, batch_size - n), (0, 0), (0, 0)))
+        key = jax.random.fold_in(jax.random.key(seed), a)  # the proxy's noise sources
+        out[a:a + n] = np.asarray(fn(jnp.asarray(x), jnp.asarray(t), key))[:n]
+    return out
+
+
+def _draw_choices(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One choice index [N] per row of ``probs`` [N, k] (inverse-CDF sampling)."""
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(len(probs))[:, None] * cdf[:, -1:]
+    return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1)
+
+
+def proxy_search(data: DataConfig, layout: HeadLayout, start: np.ndarray, probs: Sequence[np.ndarray],
+                 target_audio: np.ndarray, *, rounds: int = 4, candidates: int = 16, sigma: float = 0.25,
+                 seed: int = 0, batch_size: int = 128) -> ProxySearchResult:
+    """Search around ``start`` [N, n_params] (normalized) for presets whose proxy render is
+    closer to ``target_audio`` [N, 2, T] (rendered with ``data``'s note, velocity and length).
+
+    ``probs`` holds, per categorical learned parameter of ``layout`` (in its order), the
+    encoder's choice probabilities [N, n_choices]. Deterministic for a given ``seed``.
+    """
+    t0 = time.perf_counter()
+    spec = layout.spec
+    start = np.asarray(spec.snap_normalized(np.asarray(start, np.float64)), np.float64)
+    target_audio = np.asarray(target_audio, np.float32)
+    n = len(start)
+    if target_audio.shape[0] != n or len(probs) != len(layout.categorical):
+        raise ValueError(f"proxy_search: {n} start presets, {target_audio.shape[0]} targets and "
+                         f"{len(probs)} probability tables for {len(layout.categorical)} categorical "
+                         "parameters; expected one target per preset and one table per categorical parameter")
+    if rounds < 0 or candidates < 1 or not sigma > 0:
+        raise ValueError(f"proxy_search: expected rounds >= 0, candidates >= 1, sigma > 0; got "
+                         f"{rounds}, {candidates}, {sigma}")
+    rng = np.random.default_rng(seed)
+    cont = np.asarray(layout.continuous, dtype=np.int64)
+    cat = np.asarray(layout.categorical, dtype=np.int64)
+    best = start.copy()
+    best_d = start_d = proxy_distances(data, start, target_audio, seed, batch_size)
+    rows = np.repeat(np.arange(n), candidates)
+    for r in range(rounds):
+        cand = best[rows].copy()  # [N * candidates, n_params], grouped by target
+        step = sigma / 2 ** r
+        if len(cont):
+            cand[:, cont] = np.clip(cand[:, cont] + step * rng.standard_normal((len(cand), len(cont))), 0.0, 1.0)
+        for j, (i, k) in enumerate(zip(cat, layout.n_choices)):
+            redraw = rng.random(len(cand)) < 0.5
+            drawn = _draw_choices(rng, np.asarray(probs[j], np.float64)[rows])
+            cand[redraw, i] = drawn[redraw] / (k - 1)
+        cand = np.asarray(spec.snap_normalized(cand), np.float64)
+        d = proxy_distances(data, cand, target_audio[rows], seed + r + 1, batch_size).reshape(n, candidates)
+        pick = d.argmin(axis=1)
+        d_pick = d[np.arange(n), pick]
+        better = d_pick < best_d
+        best = np.where(better[:, None], cand.reshape(n, candidates, -1)[np.arange(n), pick], best)
+        best_d = np.where(better, d_pick, best_d)
+    return ProxySearchResult(best, best_d, start_d, 1 + rounds * candidates, time.perf_counter() - t0)
