@@ -31,8 +31,8 @@ def test_evaluate_factory_every_method(tiny_run, tmp_path, capsys):
     assert rc == 0
     result = json.loads(out.read_text())
     methods = result["methods"]
-    assert list(methods) == ["model", "model+refine", "model+search", "mean_preset", "random_preset",
-                             "nearest_neighbour", "param_only", "cma_mean"]
+    assert list(methods) == ["model", "model+refine", "model+proxy_search", "model+search", "mean_preset",
+                             "random_preset", "nearest_neighbour", "param_only", "cma_mean"]
     for name, m in methods.items():
         assert m["n_ok"] == 2, name
         for key in ("mss", "logmel_l1", "mfcc_l1", "lsd_db", "spectral_convergence", "param_mae", "cat_acc"):
@@ -40,6 +40,7 @@ def test_evaluate_factory_every_method(tiny_run, tmp_path, capsys):
         assert m["seconds_per_target"] >= 0
     assert methods["cma_mean"]["renders_per_target"] == 8 and methods["model+search"]["renders_per_target"] == 1 + 6
     assert methods["model+refine"]["renders_per_target"] == 1 + 1
+    assert methods["model+proxy_search"]["renders_per_target"] == 0  # the proxy only
     # the same network, the same presets
     assert methods["param_only"]["metrics"]["mss"] == pytest.approx(methods["model"]["metrics"]["mss"])
     # refinement and search start from the prediction and keep it unless a plugin render beats it
@@ -50,6 +51,7 @@ def test_evaluate_factory_every_method(tiny_run, tmp_path, capsys):
     # preset is far off, and CMA-ES's selection score is what its preset scores when re-rendered
     mss = {name: m["metrics"]["mss"] for name, m in methods.items()}
     assert mss["model+refine"] < 0.9 * mss["model"], mss
+    assert mss["model+proxy_search"] < mss["model"], mss  # proxy renders track the plugin's
     assert mss["random_preset"] > 1.2 * mss["model"], mss
     assert methods["cma_mean"]["selection_mean_mss"] == pytest.approx(mss["cma_mean"], rel=0.05)
     curve = methods["model+refine"]["curve"]
@@ -78,7 +80,8 @@ def test_evaluate_folder_out_of_domain(tiny_run, tmp_path):
     (folder / "readme.txt").write_text("not audio")
     out = tmp_path / "ood.json"
     rc = main(["--run", str(tiny_run), "--targets", str(folder), "--n", "5", "--json", str(out),
-               "--refine-steps", "0", "--search-renders", "0", "--cma-renders", "4", "--no-dataset",
+               "--refine-steps", "0", "--search-renders", "0", "--proxy-search-rounds", "0", "--cma-renders", "4",
+               "--no-dataset",
                "--examples", "1"])
     assert rc == 0
     result = json.loads(out.read_text())

@@ -13,6 +13,8 @@ Methods, each scored on the plugin's re-render of its preset:
 * ``model+refine``: then gradient refinement through the proxy (``--refine-steps``); snapshots
   re-rendered by the plugin, best kept (the prediction included).
 * ``model+search``: the prediction, then CMA-ES through the plugin (``--search-renders``).
+* ``model+proxy_search``: the prediction, then ``training.proxy_search`` (proxy renders only; its
+  rounds and candidates are the run's ``eval.proxy_search_*``).
 * ``mean_preset``, ``random_preset``, ``nearest_neighbour`` (training sound nearest in log-mel).
 * ``param_only``: a parameter-loss-only run (``--param-run``, or found beside the run).
 * ``cma_mean``: CMA-ES from the mean preset at ``--cma-renders`` (default 500) renders.
@@ -48,6 +50,8 @@ METHOD_DESCRIPTIONS = {
     "model+refine": "prediction, then gradient descent through the proxy; best plugin re-render of a few "
                     "snapshots (prediction included)",
     "model+search": "prediction, then CMA-ES through the real plugin",
+    "model+proxy_search": "prediction, then rounds of random candidates around it rendered by the proxy "
+                          "(no plugin, no gradient); the closest in the proxy",
     "mean_preset": "mean training preset (most frequent choice of categoricals)",
     "random_preset": "a random preset from the spec's prior",
     "nearest_neighbour": "training preset whose plugin render is nearest in log-mel (Euclidean)",
@@ -297,6 +301,25 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             notes.append(f"model+refine's wall time leaves out the one-off compilation of the proxy's gradient "
                          f"({compile_s:.0f} s here; once per machine, shape and proxy version, then cached)")
 
+        # -- model + proxy-guided search (proxy forward renders only: no plugin, no gradient)
+        rounds = cfg.eval.proxy_search_rounds if args.proxy_search_rounds is None else args.proxy_search_rounds
+        if rounds > 0:
+            from training.proxy_search import proxy_search
+
+            say(f"[eval] model+proxy_search: {rounds} rounds of "
+                f"{cfg.eval.proxy_search_candidates} proxy renders per target")
+            t0 = time.perf_counter()
+            _, probs = predictor.predict(targets.model_input)
+            found = pred.copy()
+            for note in np.unique(targets.notes):
+                rows = np.flatnonzero(targets.notes == note)
+                res = proxy_search(dataclasses.replace(data, note=int(note)), predictor.layout, pred[rows],
+                                   [q[rows] for q in probs], targets.audio[rows], rounds=rounds,
+                                   candidates=cfg.eval.proxy_search_candidates, sigma=cfg.eval.proxy_search_sigma,
+                                   seed=args.seed)
+                found[rows] = res.presets
+            methods["model+proxy_search"] = Method(found, t_model + time.perf_counter() - t0, 0.0, {"rounds": rounds})
+
         # -- model + CMA-ES
         if args.search_renders > 0:
             say(f"[eval] model+search: CMA-ES, {args.search_renders} plugin renders per target")
@@ -405,6 +428,9 @@ def summarise(args: argparse.Namespace, cfg: Any, targets: TargetSet, methods: d
             desc += f" ({args.search_renders} renders)"
         elif name == "cma_mean":
             desc += f" ({args.cma_renders} renders)"
+        elif name == "model+proxy_search":
+            desc += (f" ({m.extra['rounds']} x {cfg.eval.proxy_search_candidates} proxy renders, "
+                     "compilation included)")
         elif name == "param_only":
             desc += f" ({m.extra.get('run')})"
         out_methods[name] = {
@@ -521,6 +547,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refine-batch", default="16",
                    help="targets refined together (one compiled shape; on CPU 16 at once cost ~4x one; default 16)")
     p.add_argument("--snapshots", default="10", help="refinement snapshots re-rendered by the plugin (default 10)")
+    p.add_argument("--proxy-search-rounds", default=None,
+                   help="rounds of model+proxy_search (0 skips; default: the run's eval.proxy_search_rounds)")
     p.add_argument("--search-renders", default="100", help="CMA-ES renders after the model (0 skips; default 100)")
     p.add_argument("--cma-renders", default="500", help="CMA-ES-from-mean baseline renders (0 skips; default 500)")
     p.add_argument("--param-run", default=None, help="parameter-loss-only run (default: found beside --run)")
@@ -542,6 +570,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a.refine_batch = _int_option("--refine-batch", a.refine_batch, 1, 1024, "e.g. 1 or 8")
     a.snapshots = _int_option("--snapshots", a.snapshots, 1, 64, "try 4")
     a.search_renders = _int_option("--search-renders", a.search_renders, 0, None, "0 skips the search")
+    if a.proxy_search_rounds is not None:
+        a.proxy_search_rounds = _int_option("--proxy-search-rounds", a.proxy_search_rounds, 0, 64, "0 skips it")
     a.cma_renders = _int_option("--cma-renders", a.cma_renders, 0, None, "0 skips the CMA-ES baseline")
     a.examples = _int_option("--examples", a.examples, 0, 1000, "e.g. 3")
     a.seed = _int_option("--seed", a.seed, 0, None, "any integer >= 0")
