@@ -2,8 +2,9 @@
 
 Times the jitted train steps on synthetic audio of the config's shape (no rendering): the
 parameter-loss step and, when the schedule uses it, the full step with the spectral loss
-through the proxy. Reports compile time, steps/s, sounds/s, peak RSS (``getrusage``) and the
-JAX device's memory statistics where the backend has them.
+through the proxy; then the proxy renders of the evaluation's ``model+proxy_search`` (per
+candidate, per target). Reports compile time, steps/s, sounds/s, peak RSS (``getrusage``) and
+the JAX device's memory statistics where the backend has them.
 
     python -m benchmarks.train [--config configs/amsynth.toml] [--steps 10] [--set section.key=value ...]
 """
@@ -81,6 +82,27 @@ def main(argv: list[str] | None = None) -> int:
                          "sounds_per_s": round(args.steps * b / dt, 1), "s_per_step": round(dt / args.steps, 4)}
         print(f"{name:>8} step: {args.steps / dt:8.2f} steps/s  ({dt / args.steps * 1e3:7.1f} ms/step, batch {b}), "
               f"compile + first step {compile_s:.1f} s", flush=True)
+
+    if cfg.eval.proxy_search_rounds > 0:  # the evaluation's model+proxy_search: proxy forward renders
+        from training.proxy_search import proxy_distances
+
+        spec = spec_of(cfg.data.synth)
+        results["proxy_search"] = {}
+        for pb in (64, 128, 256):
+            presets = spec.sample_normalized(rng, 2 * pb)
+            target = np.resize(audio, (2 * pb, 2, t))
+            t0 = time.perf_counter()
+            proxy_distances(cfg.data, presets[:pb], target[:pb], batch_size=pb)
+            compile_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            proxy_distances(cfg.data, presets, target, batch_size=pb)
+            ms = (time.perf_counter() - t0) / (2 * pb) * 1e3
+            per_target = ms * (1 + cfg.eval.proxy_search_rounds * cfg.eval.proxy_search_candidates) / 1e3
+            results["proxy_search"][str(pb)] = {"ms_per_render": round(ms, 2), "s_per_target": round(per_target, 3),
+                                                "compile_and_first_batch_s": round(compile_s, 2)}
+            print(f"proxy search: {ms:6.2f} ms per candidate render (batch {pb}), {per_target:.2f} s per target "
+                  f"({cfg.eval.proxy_search_rounds} x {cfg.eval.proxy_search_candidates} + 1 renders), compile + "
+                  f"first batch {compile_s:.1f} s", flush=True)
 
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     results["peak_rss_mib"] = round(rss_kb / 1024, 1)
