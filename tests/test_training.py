@@ -306,6 +306,7 @@ def test_fit_end_to_end_through_the_real_plugin_and_resume(tmp_path, amsynth_pat
             for key in ("mss", "logmel_l1", "mfcc_l1", "param_mae"):
                 assert np.isfinite(m[key]), (set_name, method, key)
     assert summary["eval"] == written["eval"]
+    assert list(written["eval_methods"]) == ["model", "model+proxy_search", "mean_preset", "nearest_neighbour"]
     assert [s for s, _ in _losses(run)] == [str(s) for s in range(1, 7)]
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "best").is_dir() and (run / "checkpoints" / "latest" / "6").is_dir()

@@ -35,6 +35,15 @@ from training.heads import HeadLayout, hard_normalized, head_layout, probabiliti
 from training.models import make_model
 
 METHODS = ("model", "model+proxy_search", "mean_preset", "nearest_neighbour")
+#: What each row of the end-of-fit evaluation is (``summary.json``'s ``eval_methods``).
+METHOD_NOTES = {
+    "model": "the network's prediction alone",
+    "model+proxy_search": "the network's prediction improved through the proxy alone (training.proxy_search: "
+                          "eval.proxy_search_rounds x eval.proxy_search_candidates proxy renders per target; "
+                          "no plugin render, no training data)",
+    "mean_preset": "mean training preset (most frequent choice of each categorical)",
+    "nearest_neighbour": "training preset whose plugin render is nearest in log-mel (Euclidean)",
+}
 METRIC_KEYS = ("mss", "logmel_l1", "mfcc_l1", "param_mae", "cat_acc")
 
 
@@ -305,7 +314,9 @@ def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: Plug
                     f"{[nm for nm, k in zip(names, ok) if not k][:5]}")
             out["factory"] = evaluate_targets(predictor, renderer, factory_audio[ok], factory[ok],
                                               train.normalized, train_emb, mean)
-    return {"eval": out, "timing": {"eval_s": time.perf_counter() - t0}}
+    methods = [m for m in METHODS if any(m in v for v in out.values())]
+    return {"eval": out, "eval_methods": {m: METHOD_NOTES[m] for m in methods},
+            "timing": {"eval_s": time.perf_counter() - t0}}
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -318,4 +329,5 @@ def format_table(summary: dict[str, Any]) -> str:
                          f"{m.get('logmel_l1', float('nan')):10.3f} {m.get('mfcc_l1', float('nan')):9.3f} "
                          f"{m.get('param_mae', float('nan')):10.4f} {m.get('cat_acc', float('nan')):8.3f} "
                          f"{m.get('n', 0):5d}")
+    lines += [f"  {name}: {note}" for name, note in summary.get("eval_methods", {}).items()]
     return "\n".join(lines)

@@ -242,6 +242,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
         renderer.__exit__(None, None, None)
     summary = {
         "eval": evaluation["eval"],
+        "eval_methods": evaluation["eval_methods"],
         "timing": {**evaluation["timing"], "data_s": data_seconds, "train_s": train_seconds,
                    "render_stats": dataset.manifest.get("render_stats")},
         "best_step": int(best_state.step),
