@@ -75,19 +75,22 @@ def test_evaluate_folder_out_of_domain(tiny_run, tmp_path):
 
     folder = tmp_path / "sounds"
     folder.mkdir()
-    karplus_strong(folder / "a-pluck.flac")
+    karplus_strong(folder / "a-pluck.flac", f0_hz=220.0)  # A3: not the run's note 60
     sf.write(folder / "b-silent.wav", np.zeros((8000, 2)), 16000)
     (folder / "readme.txt").write_text("not audio")
     out = tmp_path / "ood.json"
     rc = main(["--run", str(tiny_run), "--targets", str(folder), "--n", "5", "--json", str(out),
-               "--refine-steps", "0", "--search-renders", "0", "--proxy-search-rounds", "0", "--cma-renders", "4",
+               "--refine-steps", "0", "--search-renders", "0", "--proxy-search-rounds", "1", "--cma-renders", "4",
                "--no-dataset",
                "--examples", "1"])
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["n"] == 1 and result["per_target"][0]["name"] == "a-pluck.flac"
     assert any("skipped b-silent.wav" in n and "silence" in n for n in result["notes"])
-    assert list(result["methods"]) == ["model", "mean_preset", "random_preset", "cma_mean"]
+    assert list(result["methods"]) == ["model", "model+proxy_search", "mean_preset", "random_preset", "cma_mean"]
+    # the pluck's own note (pYIN), not the run's: the search renders the proxy at that note
+    assert result["per_target"][0]["note"] == 57
+    assert np.isfinite(result["methods"]["model+proxy_search"]["metrics"]["mss"])
     assert "param_mae" not in result["methods"]["model"]["metrics"]  # out of domain: no parameters
     assert [b["passed"] for b in result["bars"]] == [None, None]
     assert out.with_suffix(".html").is_file()
@@ -97,6 +100,8 @@ def test_evaluate_folder_out_of_domain(tiny_run, tmp_path):
     (["--targets", "nowhere"], r"--targets: expected random, factory, or an existing folder"),
     (["--targets", "factory", "--n", "0"], r"--n: expected an integer in 1\.\.100000, got '0'"),
     (["--targets", "factory", "--refine-steps", "-3"], r"--refine-steps: expected an integer >= 0, got '-3'"),
+    (["--targets", "factory", "--proxy-search-rounds", "-1"],
+     r"--proxy-search-rounds: expected an integer in 0\.\.64, got '-1'"),
     (["--targets", "factory", "--json", "out.txt"], r"--json: expected a file name ending in \.json"),
 ])
 def test_bad_options(argv, pattern, tmp_path, capsys):

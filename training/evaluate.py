@@ -246,7 +246,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
         # -- model
         predictor.predict_normalized(targets.model_input[:1])  # compile outside the timing
         t0 = time.perf_counter()
-        pred = predictor.predict_normalized(targets.model_input)
+        pred, probs = predictor.predict(targets.model_input)  # probs: where model+proxy_search draws choices
         t_model = time.perf_counter() - t0
         methods["model"] = Method(pred, t_model, 0.0)
         t0 = time.perf_counter()
@@ -309,7 +309,6 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             say(f"[eval] model+proxy_search: {rounds} rounds of "
                 f"{cfg.eval.proxy_search_candidates} proxy renders per target")
             t0 = time.perf_counter()
-            _, probs = predictor.predict(targets.model_input)
             found = pred.copy()
             for note in np.unique(targets.notes):
                 rows = np.flatnonzero(targets.notes == note)

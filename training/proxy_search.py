@@ -10,10 +10,10 @@ the result is never further from the target than the start *in the proxy*. What 
 measured by re-rendering through the real plugin (``training.evaluate_core``).
 
 Why a search and not gradient refinement (``training.search.ProxyRefiner``): for many targets at
-once a forward render costs about 10 ms per sound on 2 CPU cores, a gradient step about 10x
-that, and the forward pass compiles in seconds instead of minutes. Measured on 64 held-out random
-presets (default run, 16 kHz): network alone 1.776, 4 rounds of 16 candidates 1.419 (0.65 s per
-target), nearest neighbour 1.519.
+once a forward render costs 7.4 ms per sound on 2 idle CPU cores (``benchmarks.train``, batch 128)
+against about 45 ms per sound for a spectral training step, and the forward pass compiles in
+about 20 s instead of about 2 minutes. Measured with the default run: on 256 held-out random
+presets 1.426 re-rendered mss (network alone 1.840, nearest neighbour 1.515), 0.6 s per target.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndar
                     batch_size: int = 128) -> np.ndarray:
     """Proxy multi-resolution STFT distance [M] of ``presets`` [M, n_params] (normalized)
     against ``target_audio`` [M, 2, T], rendered ``batch_size`` at a time (one compiled shape;
-    measured 16 kHz, 1 s: 10.4 / 9.5 / 8.5 / 8.2 ms per sound at 32 / 64 / 128 / 256)."""
+    ``benchmarks.train``, 16 kHz, 1 s: 8.2 / 7.4 / 8.6 ms per sound at 64 / 128 / 256)."""
     fn = _distance_fn(data)
     presets = np.asarray(presets, np.float32)
     target_audio = np.asarray(target_audio, np.float32)
