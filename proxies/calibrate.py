@@ -1,68 +1,39 @@
-"""Fit a proxy's calibration residual against the real plugin.
+"""Fit a synth's calibration residual against its real engine.
 
 Usage::
 
-    python -m proxies.calibrate amsynth [--n 32] [--seed 0] [--steps 40] [--sr 22050]
-        [--duration 1.0] [--hold 0.7] [--out proxies/amsynth/calibration_residual.json]
+    python -m proxies.calibrate SYNTH [options of that synth's fit]
 
-Renders ``--n`` random presets without noise (their plugin renders are reproducible) through
-the real plugin (``proxies.host``, deterministic protocol), then fits the per-parameter
-monotone residual of :mod:`proxies.amsynth.calibration` by minimising the proxy-vs-plugin
-multi-resolution STFT distance, starting from the identity. The fit is kept only if it lowers
-the distance; the JSON records the losses before and after.
+Each synth with a fitted calibration keeps its fit in ``proxies/<synth>/calibrate.py`` (amsynth:
+a per-parameter monotone residual in front of the exact laws; see that module for its options).
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
-import time
 from typing import Sequence
-
-import numpy as np
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m proxies.calibrate", description=__doc__.split("\n\n")[0])
-    p.add_argument("synth", choices=("amsynth",), help="which proxy")
-    p.add_argument("--n", type=int, default=32, help="presets to fit on (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="preset sampling seed (default 0)")
-    p.add_argument("--steps", type=int, default=40, help="optimiser steps (default 40)")
-    p.add_argument("--batch", type=int, default=8, help="presets per step (default 8)")
-    p.add_argument("--sr", type=int, default=22050, help="sample rate of the fit renders (default 22050)")
-    p.add_argument("--duration", type=float, default=1.0, help="render length s (default 1.0)")
-    p.add_argument("--hold", type=float, default=0.7, help="note length s (default 0.7)")
-    p.add_argument("--out", default=None, help="output JSON (default: the file shipped in the package)")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.n < 1 or args.steps < 0:
-        raise SystemExit(f"--n must be >= 1 and --steps >= 0; got --n {args.n} --steps {args.steps}")
-    from proxies import host
-    from proxies.amsynth import calibration as cal
-    from proxies.amsynth.spec import AMSYNTH, uses_noise
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m proxies.calibrate SYNTH [options]  (e.g. amsynth)", file=sys.stderr)
+        return 2
+    from proxies.synth import SynthNotFoundError, get_synth
 
-    rng = np.random.default_rng(args.seed)
-    presets = np.empty((0, AMSYNTH.n_params))
-    while len(presets) < args.n:
-        draw = AMSYNTH.sample_normalized(rng, 4 * args.n)
-        presets = np.concatenate([presets, draw[~uses_noise(draw)]])
-    presets = presets[: args.n]
-    config = cal.ProxyConfig(sample_rate=args.sr, duration_s=args.duration, hold_s=args.hold)
-    t0 = time.time()
-    audio = host.render_batch("amsynth", presets, notes=(host.Note(config.note, config.velocity, 0.0, args.hold),),
-                              duration_s=args.duration, sample_rate=args.sr)
-    print(f"rendered {len(presets)} presets through the plugin in {time.time() - t0:.1f} s")
-    residual, info = cal.fit_residual(presets.astype(np.float32), audio, config, steps=args.steps,
-                                      batch_size=args.batch, seed=args.seed)
-    meta = {**info, "seed": args.seed, "sample_rate": args.sr, "duration_s": args.duration, "hold_s": args.hold}
-    out = args.out or cal.RESIDUAL_PATH
-    cal.save_residual(residual, out, meta)
-    kept = "fitted residual kept" if info["accepted"] else "fit did not help: identity kept"
-    print(f"{kept}; wrote {out}")
-    return 0
+    try:
+        synth = get_synth(argv[0])
+    except SynthNotFoundError as e:
+        print(f"calibrate: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(f"proxies.{synth.name}.calibrate")
+    except ModuleNotFoundError:
+        print(f"calibrate: error: {synth.name} has no fitted calibration (its laws are exact or it has no proxy)",
+              file=sys.stderr)
+        return 2
+    return int(module.main(argv[1:]))
 
 
 if __name__ == "__main__":

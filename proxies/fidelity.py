@@ -1,30 +1,30 @@
-"""Proxy fidelity: how closely a proxy renders what the real plugin renders.
+"""Proxy fidelity: how closely a synth's proxy renders what its real engine renders.
 
 Usage::
 
-    python -m proxies.fidelity amsynth --n N --presets random|factory [--seed S] [--sr 44100]
-        [--json OUT] [--workers 2] [--batch 16] [--diagnose 5]
+    python -m proxies.fidelity SYNTH --n N --presets random|factory [--seed S] [--sr 44100]
+        [--json OUT] [--workers 2] [--batch 16] [--diagnose 5] [--mode exact|relaxed]
 
-For ``N`` presets without noise ("clean") and ``N`` with an oscillator or LFO noise / sample-
-and-hold waveform ("noise"), each is rendered through the real plugin (``proxies.host``
-render pool, deterministic protocol) and through the proxy (calibration + JAX render, exact
-mode), note 60, velocity 100, hold 1.0 s, render 1.5 s. Reported per group:
+For ``N`` presets that render reproducibly ("clean") and, where the synth has any, ``N`` that do
+not ("noise": amsynth's oscillator or LFO noise / sample-and-hold), each is rendered through the
+real engine (``Synth.open_engine``: the render pool's deterministic protocol, or the in-process
+engine) and through the proxy (``Synth.proxy``: calibration + JAX render, exact mode unless
+``--mode relaxed``), note 60, velocity 100, hold 1.0 s, render 1.5 s. Reported per group:
 
-* SNR (dB) of proxy vs plugin over both channels: median and 10th percentile;
+* SNR (dB) of proxy vs engine over all channels: median and 10th percentile;
 * multi-resolution STFT distance (``diffsynth.losses.multi_resolution_stft_loss``, FFT
-  64..2048, linear + log magnitude) proxy vs plugin, and the same distance between the
-  plugin renders of two *different* presets (each preset vs another preset of the group,
+  64..2048, linear + log magnitude) proxy vs engine, and the same distance between the
+  engine renders of two *different* presets (each preset vs another preset of the group,
   a fixed derangement): ``mss_ratio = mean(proxy distance) / mean(preset-to-preset
-  distance)``. Noise presets match sample for sample only because the render pool renders
-  them in a fresh fork and the proxy replays the plugin's generator
-  (:mod:`proxies.amsynth.noise`); otherwise the ratio is their figure of merit.
+  distance)``. amsynth's noise presets match sample for sample only because the render pool
+  renders them in a fresh fork and the proxy replays the plugin's generator; otherwise the ratio
+  is their figure of merit.
+* ``by_group``: the same figures per label of ``Synth.group_of`` (DX7: per algorithm).
 
 **Diagnosis.** For the ``--diagnose`` worst clean presets (by SNR), both engines re-render
-the preset with one stage removed at a time, by parameter edits that mean the same in both
-(reverb wet 0; crunch 0; master volume x0.2, below the limiter threshold - the distortion is
-homogeneous, so only the limiter's action changes; filter bypassed; filter envelope amount 0;
-LFO depths 0; sync off; osc1 only; osc2 only). The stage whose removal raises the SNR most
-(by >= 6 dB) is reported as responsible; when none does the error is spread over stages.
+the preset with one stage removed at a time, by the synth's ``ablations`` (parameter edits that
+mean the same in both). The stage whose removal raises the SNR most (by >= 6 dB) is reported as
+responsible; when none does the error is spread over stages.
 """
 
 from __future__ import annotations
@@ -37,22 +37,11 @@ from typing import Sequence
 import numpy as np
 
 from proxies.files import atomic_write_json
+from proxies.notes import Note
+from proxies.synth import Synth, get_synth, list_synths
 
-__all__ = ["snr_db", "ABLATIONS", "select_presets", "evaluate", "main"]
+__all__ = ["snr_db", "select_presets", "evaluate", "main"]
 
-#: stage -> normalized overrides that remove it (``"master_vol"`` values are multipliers).
-ABLATIONS: dict[str, dict[str, float]] = {
-    "reverb": {"reverb_wet": 0.0},
-    "distortion": {"distortion_crunch": 0.0},
-    "limiter": {"master_vol": 0.2},
-    "filter": {"filter_type": 1.0},
-    "filter_envelope": {"filter_env_amount": 0.5},
-    "lfo": {"freq_mod_amount": 0.0, "filter_mod_amount": 0.0, "amp_mod_amount": 0.0},
-    "sync": {"osc2_sync": 0.0},
-    "osc1_only": {"osc_mix": 0.0, "osc_mix_mode": 0.0},
-    "osc2_only": {"osc_mix": 1.0, "osc_mix_mode": 0.0},
-}
-_MULTIPLY = {"master_vol"}
 SNR_CAP_DB = 200.0
 
 
@@ -69,67 +58,86 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> np.ndarray:
     return np.clip(out, -SNR_CAP_DB, SNR_CAP_DB)
 
 
-def select_presets(synth: str, source: str, n: int, seed: int) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """``{"clean": (normalized [n, P], names), "noise": (...)}`` from the prior or the factory banks."""
-    if synth != "amsynth":
-        raise ValueError(f"no proxy for {synth!r}; expected 'amsynth'")
-    from proxies.amsynth.spec import AMSYNTH, uses_noise
-
+def select_presets(synth: Synth, source: str, n: int, seed: int) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """``{"clean": (normalized [n, P], names), "noise": (...)}`` from the synth's prior or its
+    human corpus. A synth whose presets all render reproducibly has no "noise" group. Fewer
+    corpus presets than ``n`` is an error naming how many there are."""
     rng = np.random.default_rng(seed)
     if source == "random":
         clean, noise = [], []
-        while len(clean) < n or len(noise) < n:
-            draw = AMSYNTH.sample_normalized(rng, 4 * n)
-            flags = uses_noise(draw)
+        has_noise = True
+        draws = 0
+        while len(clean) < n or (has_noise and len(noise) < n):
+            draw = synth.sample_presets(rng, 4 * n)
+            flags = ~np.asarray(synth.reproducible(draw), dtype=bool)
             clean += list(draw[~flags])
             noise += list(draw[flags])
-        return {"clean": (np.array(clean[:n]), [f"random-{seed}-clean-{i}" for i in range(n)]),
-                "noise": (np.array(noise[:n]), [f"random-{seed}-noise-{i}" for i in range(n)])}
+            draws += 1
+            if draws >= 3 and not noise:
+                has_noise = False  # this synth's prior never makes a non-reproducible preset
+        out = {"clean": (np.array(clean[:n]), [f"random-{seed}-clean-{i}" for i in range(n)])}
+        if noise:
+            out["noise"] = (np.array(noise[:n]), [f"random-{seed}-noise-{i}" for i in range(min(n, len(noise)))])
+        return out
     if source == "factory":
-        from proxies.amsynth.presets import load_factory_banks
-
-        fp = load_factory_banks()
-        order = rng.permutation(len(fp))
-        flags = uses_noise(fp.normalized)
+        if synth.presets.corpus is None:
+            raise ValueError(f"{synth.name} has no human preset corpus; use --presets random")
+        names, normalized = synth.presets.corpus()
+        normalized = np.asarray(normalized, np.float64)
+        order = rng.permutation(len(names))
+        flags = ~np.asarray(synth.reproducible(normalized), dtype=bool)
         out = {}
         for group, want in (("clean", False), ("noise", True)):
             idx = [int(i) for i in order if bool(flags[i]) == want][:n]
-            out[group] = (np.asarray(fp.normalized[idx]), [fp.names[i] for i in idx])
+            if group == "clean" and len(idx) < n:
+                raise ValueError(f"--n {n}: {synth.name}'s corpus has only {len(idx)} {group} presets; "
+                                 f"use --n {len(idx)} or fewer")
+            if idx:
+                out[group] = (np.asarray(normalized[idx]), [names[i] for i in idx])
         return out
     raise ValueError(f"--presets must be 'random' or 'factory', got {source!r}")
 
 
-def _ablate(normalized: np.ndarray, stage: str) -> np.ndarray:
-    from proxies.amsynth.spec import AMSYNTH
-
+def _ablate(synth: Synth, normalized: np.ndarray, stage: str) -> np.ndarray:
     out = np.array(normalized, dtype=np.float64, copy=True)
-    for name, value in ABLATIONS[stage].items():
-        i = AMSYNTH.index_of(name)
-        out[..., i] = out[..., i] * value if name in _MULTIPLY else value
+    for name, value in synth.ablations[stage].items():
+        i = synth.spec.index_of(name)
+        if isinstance(value, tuple) and value[0] == "scale":
+            out[..., i] = out[..., i] * float(value[1])
+        else:
+            out[..., i] = float(value)
     return out
 
 
 class _Engines:
-    """The plugin (render pool) and the proxy (jitted, fixed batch size) for one config."""
+    """The real engine and the proxy (jitted, fixed batch size) for one render setting."""
 
-    def __init__(self, sample_rate: int, workers: int, batch: int):
+    def __init__(self, synth: Synth, sample_rate: int, workers: int, batch: int, relaxed: bool = False):
         import jax
+        import jax.numpy as jnp
 
-        from proxies import host
-        from proxies.amsynth import calibration as cal
+        from proxies.synth import ProxyRender, proxy_renderer
 
-        self.cal = cal
-        self.host = host
-        self.config = cal.ProxyConfig(sample_rate=sample_rate, duration_s=1.5, note=60, velocity=100, hold_s=1.0)
+        self.synth = synth
+        self.note = Note(60, 100, 0.0, 1.0)
+        self.config = ProxyRender(sample_rate=sample_rate, duration_s=1.5, hold_s=self.note.hold_s)
         self.batch = batch
-        self.pool = host.RenderPool("amsynth", workers=workers, sample_rate=sample_rate)
-        self._render = jax.jit(cal.render, static_argnums=1)
+        self.engine = synth.open_engine(sample_rate, workers=workers)
+        render = proxy_renderer(synth, self.config)
+        proxy = synth.proxy()
+        pitch = jnp.full((batch,), self.note.pitch, jnp.int32)
+        velocity = jnp.full((batch,), self.note.velocity, jnp.int32)
+
+        def f(normalized):
+            probs = proxy.one_hot(normalized) if relaxed else None  # relaxed code path, hard choices
+            return render(normalized, pitch, velocity, probs)
+
+        self._render = jax.jit(f)
 
     def plugin(self, normalized: np.ndarray) -> np.ndarray:
-        note = self.host.Note(self.config.note, self.config.velocity, 0.0, self.config.hold_s)
-        audio, failures = self.pool.render_batch(normalized, notes=(note,), duration_s=self.config.duration_s)
+        audio, failures = self.engine.render(normalized, (self.note,), self.config.duration_s)
         if failures:
-            print(f"warning: {len(failures)} plugin renders failed: {failures[:3]}", file=sys.stderr)
+            print(f"warning: {len(failures)} {self.synth.name} renders failed: {failures[:3]}", file=sys.stderr)
         return audio
 
     def proxy(self, normalized: np.ndarray) -> np.ndarray:
@@ -139,12 +147,12 @@ class _Engines:
             pad = self.batch - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-            audio = np.asarray(self._render(self.cal.to_proxy(chunk), self.config))
+            audio = np.asarray(self._render(chunk))
             out.append(audio[: self.batch - pad])
         return np.concatenate(out)
 
     def close(self) -> None:
-        self.pool.close()
+        self.engine.close()
 
 
 def _mss(a: np.ndarray, b: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -158,14 +166,23 @@ def _mss(a: np.ndarray, b: np.ndarray, batch: int = 16) -> np.ndarray:
                            for i in range(0, len(a), batch)])
 
 
-def _group_stats(plugin: np.ndarray, proxy: np.ndarray, seed: int) -> dict:
+def _natural(label: object) -> tuple:
+    text = str(label)
+    digits = "".join(c for c in text if c.isdigit())
+    return (int(digits) if digits else 0, text)
+
+
+def _group_stats(plugin: np.ndarray, proxy: np.ndarray, seed: int, brief: bool = False) -> dict:
     n = len(plugin)
+    if brief and n < 2:  # one preset: no preset-to-preset reference
+        snr = snr_db(plugin, proxy)
+        return {"n": int(n), "median_snr_db": float(np.median(snr)), "min_snr_db": float(np.min(snr))}
     snr = snr_db(plugin, proxy)
     d = _mss(proxy, plugin)
     perm = np.random.default_rng(seed + 1).permutation(n)
     other = np.roll(perm, 1)[np.argsort(perm)] if n > 1 else np.arange(n)  # a derangement
     d_ref = _mss(plugin[other], plugin)
-    return {
+    out = {
         "n": int(n),
         "median_snr_db": float(np.median(snr)),
         "p10_snr_db": float(np.percentile(snr, 10)),
@@ -174,15 +191,18 @@ def _group_stats(plugin: np.ndarray, proxy: np.ndarray, seed: int) -> dict:
         "mss_ref_mean": float(np.mean(d_ref)),
         "mss_ratio": float(np.mean(d) / max(np.mean(d_ref), 1e-12)),
         "mss_ratio_median": float(np.median(d / np.maximum(d_ref, 1e-12))),
-        "snr_db": [round(float(x), 2) for x in snr],
-        "mss": [round(float(x), 5) for x in d],
     }
+    if not brief:
+        out.update(snr_db=[round(float(x), 2) for x in snr], mss=[round(float(x), 5) for x in d])
+    return out
 
 
 def diagnose(engines: _Engines, normalized: np.ndarray, names: Sequence[str], snr: np.ndarray) -> list[dict]:
     """Per preset: SNR with each stage removed (both engines); the responsible stage."""
-    stages = list(ABLATIONS)
-    batch = np.concatenate([_ablate(normalized, s) for s in stages])  # [S * K, P]
+    stages = list(engines.synth.ablations)
+    if not stages:
+        return []
+    batch = np.concatenate([_ablate(engines.synth, normalized, s) for s in stages])  # [S * K, P]
     a = engines.plugin(batch)
     b = engines.proxy(batch)
     s_all = snr_db(a, b).reshape(len(stages), len(normalized))
@@ -198,12 +218,15 @@ def diagnose(engines: _Engines, normalized: np.ndarray, names: Sequence[str], sn
     return out
 
 
-def evaluate(synth: str, n: int, presets: str, seed: int = 0, sample_rate: int = 44100, workers: int = 2,
-             batch: int = 16, n_diagnose: int = 5, log=print) -> dict:
+def evaluate(synth: str | Synth, n: int, presets: str, seed: int = 0, sample_rate: int = 44100, workers: int = 2,
+             batch: int = 16, n_diagnose: int = 5, log=print, mode: str = "exact") -> dict:
     """Run the whole report; returns the JSON-able dict."""
+    synth = get_synth(synth)
+    if synth.proxy is None:
+        raise ValueError(f"{synth.name} has no differentiable proxy: there is nothing to compare its engine with")
     groups = select_presets(synth, presets, n, seed)
-    engines = _Engines(sample_rate, workers, batch)
-    report = {"synth": synth, "presets": presets, "seed": seed, "sample_rate": sample_rate,
+    engines = _Engines(synth, sample_rate, workers, batch, relaxed=mode == "relaxed")
+    report = {"synth": synth.name, "presets": presets, "seed": seed, "sample_rate": sample_rate, "mode": mode,
               "note": 60, "velocity": 100, "hold_s": 1.0, "duration_s": 1.5}
     try:
         for group, (normalized, names) in groups.items():
@@ -216,6 +239,10 @@ def evaluate(synth: str, n: int, presets: str, seed: int = 0, sample_rate: int =
             stats = _group_stats(a[ok], b[ok], seed)
             stats["names"] = [nm for nm, k in zip(names, ok) if k]
             stats["plugin_s"], stats["proxy_s"] = round(t1 - t0, 2), round(t2 - t1, 2)
+            if synth.group_of is not None and stats["n"]:
+                labels = np.asarray(synth.group_of(normalized[ok]))
+                stats["by_group"] = {str(g): _group_stats(a[ok][labels == g], b[ok][labels == g], seed, brief=True)
+                                     for g in sorted(set(labels.tolist()), key=_natural)}
             log(f"{group:5s}: n={stats['n']} median SNR {stats['median_snr_db']:.1f} dB, p10 {stats['p10_snr_db']:.1f} dB, "
                 f"MSS {stats['mss_mean']:.4f} vs preset-to-preset {stats['mss_ref_mean']:.4f}: ratio "
                 f"{stats['mss_ratio']:.4f} (median per preset {stats['mss_ratio_median']:.4f})")
@@ -234,7 +261,9 @@ def evaluate(synth: str, n: int, presets: str, seed: int = 0, sample_rate: int =
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proxies.fidelity", description=__doc__.split("\n\n")[0])
-    p.add_argument("synth", choices=("amsynth",))
+    p.add_argument("synth", help="a synth with a proxy: " + ", ".join(list_synths()))
+    p.add_argument("--mode", choices=("exact", "relaxed"), default="exact",
+                   help="proxy mode: exact (default) or relaxed (the training code path, hard choices)")
     p.add_argument("--n", type=int, required=True, help="presets per group (clean and noise)")
     p.add_argument("--presets", choices=("random", "factory"), required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -250,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.n < 2:
         raise SystemExit(f"--n must be >= 2 (the reference distance needs two presets); got {args.n}")
-    report = evaluate(args.synth, args.n, args.presets, args.seed, args.sr, args.workers, args.batch, args.diagnose)
+    report = evaluate(args.synth, args.n, args.presets, args.seed, args.sr, args.workers, args.batch, args.diagnose,
+                      mode=args.mode)
     if args.json:
         atomic_write_json(args.json, report)
         print(f"wrote {args.json}")

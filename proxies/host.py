@@ -1,80 +1,32 @@
 """Real-plugin host: render presets through a VST plugin with DawDreamer, exactly and reproducibly.
 
-Everything that reaches a real plugin goes through this module: the training data (renders of
-sampled presets), the evaluation re-renders and the CLI (``python -m proxies.render``).
+Synth-agnostic: a plugin comes with a :class:`PluginInfo` (its path, parameter spec and the
+*recipe* that makes its renders reproducible: prelude, pre-roll and flush overrides, voices
+needing fresh instances, a noise predicate), which each synth package declares
+(``proxies/amsynth/recipe.py``); a bare path is a plugin with the generic protocol.
 
 Public API
 ----------
-* :class:`PluginInfo`, :func:`register_plugin`, :func:`get_plugin`, :func:`registered_plugins`:
-  a registry of plugins by name. ``amsynth`` is registered (``/usr/lib/vst/amsynth_vst.so``,
-  spec :data:`proxies.amsynth.spec.AMSYNTH`). A path to any VST2 ``.so`` / VST3 bundle that
-  DawDreamer loads works too (no spec: parameters by index, the generic protocol below).
-* :class:`Note`: one MIDI note (pitch, velocity, start, hold).
+* :class:`PluginInfo`, :func:`get_plugin`: a plugin and its recipe, from a registered synth
+  name (through :func:`proxies.synth.get_synth`), a path, or a PluginInfo.
+* :class:`PluginHost`: one engine + plugin instance running the protocol (what workers use).
 * :func:`render`, :func:`render_batch`: render in the current process (a plugin crash kills it).
-* :class:`RenderPool`: worker processes, one engine each; a crash or hang costs one retry in a
-  fresh worker, then a failure record for that preset, never the batch. On Linux it renders
-  noise and sync presets in forked children, which makes *every* preset reproducible there.
-* :func:`is_reproducible`: which presets render identically in-process whatever came before
-  (amsynth: those without noise); :meth:`RenderPool.reproducible` for a pool.
-* :class:`PluginHost`: one engine + plugin instance running the protocol (what the workers use).
+* :func:`is_reproducible`: which presets render identically in-process whatever came before.
+* :class:`proxies.pool.RenderPool` (also importable from here): worker processes, one engine
+  each, with crash/hang retry; :func:`open_engine`: a pool as a :class:`proxies.synth.Engine`.
 
-Output: ``float32 [channels, samples]`` with exactly ``round(duration_s * sample_rate)`` samples
-(DawDreamer itself truncates ``int(duration * sr)``, which loses a sample for e.g. 889/44100 s).
+Output: ``float32 [channels, samples]`` with exactly ``render_samples(duration_s, sample_rate)``
+samples (DawDreamer itself truncates ``int(duration * sr)``, which loses a sample for e.g.
+889/44100 s).
 
-The determinism protocol (amsynth; measured, see ``shared/amsynth/README.md`` §3, §9.4, §10)
-------------------------------------------------------------------------------------------
-The README §10 protocol (warm-up render, ``load_graph``, kept render) leaves renders dependent on
-what the same plugin instance rendered before: we measured max |diff| up to 0.47 between a preset
-rendered fresh and the same preset rendered after another one. The causes, all in amsynth 1.13.2's
-source, and what this module does about each:
+The protocol, per preset: ``prelude`` -> values with pre-roll overrides -> pre-roll (notes
+held) -> values with the flush overrides -> warm-up (the real notes and duration) ->
+``load_graph`` -> flush (silent) -> target values -> ``load_graph`` -> kept render. Each step
+is skipped when the recipe does not ask for it. Why each exists, measured on amsynth, is in
+``proxies/amsynth/recipe.py``. JUCE skips ``setParameter`` when the new value is within ~1 ulp
+of its cached one, so near-equal values are always sent after a far value.
 
-1. **Smoothers stall history-dependently.** ``z += (x - z) * 0.005f`` (per-voice master volume,
-   distortion crunch, reverb dry/wet) stops moving ~100 ulp short of its target, on the side it
-   came from: a preset rendered after a louder one is 7e-6 away from the same preset rendered
-   fresh. *Fix*: a **pre-roll** render with the notes held, ``master_vol = 0``, crunch at maximum
-   and ``reverb_wet = 0`` drives every smoother far to one side, so the warm-up approaches each
-   target from the same side and stalls at the same float.
-2. **Frequency lerpers start from the previous block's target.** With LFO pitch modulation the
-   oscillators' first block (and so the whole note's phase) depended on where the LFO was when
-   the previous render stopped. *Fix*: the pre-roll runs with ``lfo_freq = 0``,
-   ``freq_mod_amount = 0`` and ``portamento_time = 0``, so the warm-up starts from the plain note
-   frequency and an LFO frequency of 0 whatever came before.
-3. **The reverb's comb ``filterstore`` is never cleared** (``load_graph`` clears only the delay
-   lines), and it leaks the previous render into the first ~100 samples of comb writes. *Fix*:
-   after the warm-up, ``load_graph`` and a short **flush** render with ``reverb_damp = 0`` and no
-   voice sounding: each comb's store then equals its (empty) delay line output, i.e. exactly 0.
-4. **JUCE skips ``setParameter`` when the new value is within ~1 ulp of its cached one**, so the
-   plugin would keep the old value. *Fix*: such near-equal values are sent after a far value.
-5. **LFO polarity is sticky** (README §6.1): ``lfo_waveform`` is set to saw-down then saw-up
-   (n = 1, 5/6) before the target values, so the triangle LFO always has polarity +1.
-6. **The osc2 sync accumulator is never reset** (README §6.3): it runs on from one sync render to
-   the next on the same voice, and no parameter can bring it back. *Fix*: a preset with sync
-   active gets a **fresh plugin instance** whenever a voice it plays was already used by a sync
-   render of the current instance (~0.1-0.3 s per such preset; :class:`RenderPool` forks
-   instead, ~10-20 ms).
-
-Per preset: ``prelude`` (5) -> values with pre-roll overrides -> pre-roll (4096 samples, notes
-held) -> values with ``reverb_damp = 0`` -> warm-up (the real notes and duration) ->
-``load_graph`` -> flush (512 samples, silent) -> target values -> ``load_graph`` -> kept render.
-Measured (``tests/test_host.py`` and a wider check: 60 random presets with portamento and
-keyboard modes, 40 factory presets, single notes, chords and staggered notes, 16 and 44.1 kHz):
-renders are **bit-identical** whatever was rendered before and in whichever process. One known
-residual: when every note sounds for less than ~2300 samples in all, the per-voice volume
-smoother has not fully settled after the pre-roll (it left it at ~1e-9 of its old value), which
-leaves differences of a few 1e-9. The protocol costs about 2x the CPU of one raw render
-(``benchmarks/render.py``).
-
-**Noise.** amsynth's oscillator noise / sample-and-hold and LFO noise / S&H draw from one
-process-global LCG (seeded once when the ``.so`` is loaded) and S&H counters that persist in each
-voice. Rendered in *this* process (:func:`render`), such presets are **not** reproducible: the
-result depends on every noise sample drawn before in the process. :func:`is_reproducible` tells
-callers which rows are (``~proxies.amsynth.spec.uses_noise``); compare those renders with
-spectral or statistical measures, not sample by sample. :class:`RenderPool` in fork mode (Linux,
-default) renders them in a forked child of a worker that never drew a noise sample, i.e. from
-the load seed, so there they *are* reproducible and equal a fresh process's first render
-(README §10: "fresh process with identical call history").
-
-Plugins without a recipe (a bare path) get the README §10 protocol: set values by index, notes,
+Plugins without a recipe (a bare path) get the plain protocol: set values by index, notes,
 warm-up, ``load_graph``, kept render.
 """
 
@@ -83,21 +35,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import math
-import multiprocessing as mp
 import os
-import signal
 import threading
-import time
-import weakref
-from collections import deque
 from dataclasses import dataclass
-from multiprocessing.connection import wait as _wait_connections
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from proxies.amsynth.spec import AMSYNTH, uses_noise, uses_sync
+from proxies.notes import (MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Note, RenderFailure, check_duration, check_notes,
+                           check_sample_rate, n_samples)
 from proxies.params import SynthSpec
 
 __all__ = [
@@ -113,92 +59,13 @@ __all__ = [
     "get_plugin",
     "is_reproducible",
     "n_samples",
-    "register_plugin",
-    "registered_plugins",
+    "open_engine",
     "render",
     "render_batch",
 ]
 
-MIN_SAMPLE_RATE = 8000
-MAX_SAMPLE_RATE = 192000  # amsynth's Freeverb asserts rate <= 192000 (aborts the process above)
-BLOCK_SIZE = 512  # DawDreamer host buffer; amsynth's 64-sample control grid restarts at each one
+BLOCK_SIZE = 512  # DawDreamer host buffer (amsynth's 64-sample control grid restarts at each one)
 _NEAR = 1e-4  # values this close to the cached one are re-sent via a far value (JUCE skips ~1 ulp)
-
-
-# ------------------------------------------------------------------------------------ notes
-@dataclass(frozen=True)
-class Note:
-    """One MIDI note.
-
-    Attributes:
-        pitch: MIDI note number, 0..127 (60 = middle C, 261.6 Hz).
-        velocity: MIDI velocity, 1..127 (0 would be a note-off).
-        start_s: note-on time (s) from the start of the render, >= 0.
-        hold_s: time (s) until the note-off, > 0 (DawDreamer refuses empty notes). Notes still
-            held when the render ends are cut (DawDreamer sends All-Notes-Off after every render).
-    """
-
-    pitch: int = 60
-    velocity: int = 100
-    start_s: float = 0.0
-    hold_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name, lo, hi in (("pitch", 0, 127), ("velocity", 1, 127)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-                raise ValueError(f"Note.{name} must be an integer in {lo}..{hi}, got {v!r}")
-            object.__setattr__(self, name, int(v))
-        for name in ("start_s", "hold_s"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-                raise ValueError(f"Note.{name} must be a number of seconds, got {v!r}")
-            if not math.isfinite(v) or v < 0 or (name == "hold_s" and v == 0):
-                rule = "> 0" if name == "hold_s" else ">= 0"
-                raise ValueError(f"Note.{name} must be a finite time {rule} s, got {v!r}")
-            object.__setattr__(self, name, float(v))
-
-
-def _check_notes(notes: Note | Iterable[Note], duration_s: float) -> tuple[Note, ...]:
-    out = (notes,) if isinstance(notes, Note) else tuple(notes)
-    if not out:
-        raise ValueError("notes is empty; give at least one Note (e.g. notes=(Note(60),))")
-    for k, n in enumerate(out):
-        if not isinstance(n, Note):
-            raise ValueError(f"notes[{k}] is a {type(n).__name__}, expected proxies.host.Note")
-        if n.start_s >= duration_s:
-            raise ValueError(
-                f"notes[{k}] starts at {n.start_s} s, at or after the end of the render "
-                f"(duration_s={duration_s}); start it earlier or render longer"
-            )
-    return out
-
-
-def check_sample_rate(sample_rate: Any) -> int:
-    """The sample rate as an int; a clear error unless it is an integer in 8000..192000 Hz."""
-    ok = isinstance(sample_rate, (int, np.integer)) and not isinstance(sample_rate, bool)
-    if isinstance(sample_rate, (float, np.floating)) and float(sample_rate).is_integer():
-        ok = True
-    if not ok or not MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE:
-        raise ValueError(
-            f"unsupported sample rate {sample_rate!r}: expected an integer number of Hz in "
-            f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} (e.g. 16000, 44100, 48000)"
-        )
-    return int(sample_rate)
-
-
-def _check_duration(duration_s: Any) -> float:
-    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float, np.integer, np.floating)):
-        raise ValueError(f"duration_s must be a number of seconds, got {duration_s!r}")
-    d = float(duration_s)
-    if not math.isfinite(d) or d <= 0 or d > 600:
-        raise ValueError(f"duration_s must be in (0, 600] s, got {duration_s!r}")
-    return d
-
-
-def n_samples(duration_s: float, sample_rate: int) -> int:
-    """Samples in a render: ``round(duration_s * sample_rate)`` (at least 1)."""
-    return max(1, int(round(float(duration_s) * int(sample_rate))))
 
 
 # ---------------------------------------------------------------------------------- plugins
@@ -272,91 +139,49 @@ class PluginInfo:
         return path
 
 
-_REGISTRY: dict[str, PluginInfo] = {}
-
-
-def register_plugin(info: PluginInfo, replace: bool = False) -> PluginInfo:
-    """Add a plugin to the registry (an error if the name is taken, unless ``replace``)."""
-    if not isinstance(info, PluginInfo):
-        raise TypeError(f"register_plugin expects a PluginInfo, got {type(info).__name__}")
-    if info.name in _REGISTRY and not replace:
-        raise ValueError(f"a plugin named {info.name!r} is already registered; pass replace=True")
-    _REGISTRY[info.name] = info
-    return info
-
-
-def registered_plugins() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
-
-
 def get_plugin(plugin: str | os.PathLike | PluginInfo) -> PluginInfo:
-    """A :class:`PluginInfo` from a registered name, a plugin path, or a PluginInfo itself.
+    """A :class:`PluginInfo` from a registered synth name, a plugin path, or a PluginInfo itself.
 
-    A path equal to a registered plugin's path gets that plugin's spec and recipe; any other
-    path is a bare plugin (values by index, README §10 protocol).
+    Names resolve through :func:`proxies.synth.get_synth` (its ``plugin`` field). A path equal to
+    a registered synth's plugin path gets that synth's spec and recipe; any other path is a bare
+    plugin (values by index, the plain protocol).
     """
+    from proxies.synth import SynthNotFoundError, get_synth, list_synths  # noqa: PLC0415
+
     if isinstance(plugin, PluginInfo):
         return plugin
     if not isinstance(plugin, (str, os.PathLike)):
         raise TypeError(f"plugin must be a registered name, a path or a PluginInfo, got {type(plugin).__name__}")
     key = os.fspath(plugin)
-    if key in _REGISTRY:
-        return _REGISTRY[key]
     looks_like_path = os.sep in key or key.endswith((".so", ".vst3", ".dll", ".vst", ".dylib"))
     if not looks_like_path:
-        raise ValueError(
-            f"unknown plugin {key!r}: expected a registered name ({', '.join(registered_plugins())}) "
-            "or a path to a VST2 .so / VST3 bundle"
-        )
+        try:
+            synth = get_synth(key)
+        except SynthNotFoundError:
+            synth = None
+        if synth is None or synth.plugin is None:
+            hosted = [n for n in list_synths() if _hosted_plugin(n) is not None]
+            raise ValueError(
+                f"unknown plugin {key!r}: expected a synth hosted through DawDreamer ({', '.join(hosted)}) "
+                "or a path to a VST2 .so / VST3 bundle"
+            )
+        return synth.plugin
     real = os.path.realpath(key)
-    for info in _REGISTRY.values():
-        if os.path.realpath(info.default_path) == real:
+    for name in list_synths():
+        info = _hosted_plugin(name)
+        if info is not None and os.path.realpath(info.default_path) == real:
             return info
     stem = os.path.splitext(os.path.basename(key.rstrip(os.sep)))[0] or key
     return PluginInfo(stem, key)
 
 
-# ---- amsynth's recipe (module-level functions: picklable for the workers)
-_I = AMSYNTH.index_of
+def _hosted_plugin(name: str) -> PluginInfo | None:
+    from proxies.synth import get_synth  # noqa: PLC0415
 
-
-def _amsynth_fresh_voices(normalized: np.ndarray, notes: tuple[Note, ...]) -> frozenset[int]:
-    if not bool(uses_sync(normalized)):
-        return frozenset()
-    mode = int(AMSYNTH.category_of(np.asarray(normalized))[_I("keyboard_mode")])
-    # poly: one VoiceBoard per note number; mono / legato: always voice 0 (README §4)
-    return frozenset(n.pitch for n in notes) if mode == 0 else frozenset({0})
-
-
-def _amsynth_read_preset(path: str, index: int | None = None) -> tuple[str, np.ndarray]:
-    from proxies.amsynth.presets import read_preset_file
-
-    preset = read_preset_file(path, index)
-    return preset.name, preset.normalized
-
-
-AMSYNTH_PLUGIN = register_plugin(
-    PluginInfo(
-        name="amsynth",
-        default_path="/usr/lib/vst/amsynth_vst.so",
-        spec=AMSYNTH,
-        install_hint="sudo apt-get install amsynth (or: bash scripts/setup.sh)",
-        prelude=((_I("lfo_waveform"), 1.0), (_I("lfo_waveform"), 5.0 / 6.0)),
-        preroll_overrides={
-            _I("master_vol"): 0.0,  # volume smoothers -> 0: the warm-up approaches from below
-            _I("distortion_crunch"): 1.0,  # crunch smoother -> its lowest target (from above)
-            _I("reverb_wet"): 0.0,  # dry smoother -> 1, wet smoothers -> 0
-            _I("reverb_damp"): 0.0,
-            _I("lfo_freq"): 0.0,  # LFO frequency lerpers end at 0 Hz
-            _I("freq_mod_amount"): 0.0,  # oscillator lerpers end at the plain note frequency
-            _I("portamento_time"): 0.0,  # no glide: mono voice 0 ends at the note frequency
-        },
-        flush_overrides={_I("reverb_damp"): 0.0},  # comb filterstore := delay output = 0
-        fresh_voices=_amsynth_fresh_voices,
-        uses_noise=uses_noise,
-        read_preset=_amsynth_read_preset,
-    )
-)
+    try:
+        return get_synth(name).plugin
+    except Exception:  # noqa: BLE001 - a synth whose package cannot load is simply not a match
+        return None
 
 
 def is_reproducible(plugin: str | os.PathLike | PluginInfo, normalized: Any) -> np.ndarray:
@@ -527,8 +352,8 @@ class PluginHost:
                duration_s: float = 1.5) -> np.ndarray:
         """Render one preset with the protocol. Returns float32 ``[channels, round(duration_s*sr)]``."""
         n = self.check_normalized(normalized)
-        duration_s = _check_duration(duration_s)
-        notes = _check_notes(notes, duration_s)
+        duration_s = check_duration(duration_s)
+        notes = check_notes(notes, duration_s)
         return self._render_checked(n, notes, duration_s)
 
     def _render_checked(self, n: np.ndarray, notes: tuple[Note, ...], duration_s: float) -> np.ndarray:
@@ -575,8 +400,8 @@ class PluginHost:
         """One render with no protocol (set values, notes, render): history-dependent.
         For benchmarks and diagnostics only."""
         n = self.check_normalized(normalized)
-        duration_s = _check_duration(duration_s)
-        notes = _check_notes(notes, duration_s)
+        duration_s = check_duration(duration_s)
+        notes = check_notes(notes, duration_s)
         self._apply(n.astype(np.float32))
         self._set_notes(notes)
         self._render_samples(n_samples(duration_s, self.sample_rate))
@@ -673,8 +498,8 @@ def render(
     """
     info = get_plugin(plugin)
     sample_rate = check_sample_rate(sample_rate)
-    duration_s = _check_duration(duration_s)
-    notes = _check_notes(notes, duration_s)
+    duration_s = check_duration(duration_s)
+    notes = check_notes(notes, duration_s)
     n = _precheck(info, _resolve_values(info, normalized, internal, fxp), batch=False)
     info.check_installed()
     host, lock = _host(info, sample_rate)
@@ -695,8 +520,8 @@ def render_batch(
     """Render ``normalized [B, P]`` in this process, in order. Returns float32 ``[B, C, T]``."""
     info = get_plugin(plugin)
     sample_rate = check_sample_rate(sample_rate)
-    duration_s = _check_duration(duration_s)
-    notes = _check_notes(notes, duration_s)
+    duration_s = check_duration(duration_s)
+    notes = check_notes(notes, duration_s)
     n = _precheck(info, np.asarray(normalized, dtype=np.float64), batch=True)
     info.check_installed()
     host, lock = _host(info, sample_rate)
@@ -714,530 +539,29 @@ def render_batch(
     return out
 
 
-# ------------------------------------------------------------------------------ worker pool
-@dataclass(frozen=True)
-class RenderFailure:
-    """A preset the pool could not render (its audio row is NaN).
 
-    Attributes:
-        index: row in the batch.
-        reason: what happened on the last attempt (crash signal, timeout, exception).
-        attempts: how many workers tried it (2: the first try and one retry in a fresh worker).
-        reasons: the reason of every attempt, in order.
+
+# ------------------------------------------------------------------------------------ engine
+def open_engine(plugin: str | os.PathLike | PluginInfo, sample_rate: int, workers: int = 2, **options: Any):
+    """A :class:`proxies.pool.RenderPool` of ``plugin`` as a :class:`proxies.synth.Engine`.
+
+    ``options`` go to the pool (``timeout_s``, ``fork``, ``progress``, ...).
     """
+    from proxies.pool import RenderPool  # noqa: PLC0415
+    from proxies.synth import Engine  # noqa: PLC0415
 
-    index: int
-    reason: str
-    attempts: int
-    reasons: tuple[str, ...] = ()
+    pool = RenderPool(plugin, workers=workers, sample_rate=sample_rate, **options)
 
+    def render(normalized: Any, notes: Any, duration_s: float, progress: bool = False):
+        return pool.render_batch(normalized, notes, duration_s, progress=progress)
 
-def _signal_name(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        try:
-            return f"killed by signal {signal.Signals(-exitcode).name} (exit code {exitcode})"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
+    return Engine(render=render, reproducible=pool.reproducible, close=pool.close, channels=pool.n_outputs,
+                  sample_rate=pool.sample_rate, kind="pool")
 
 
-def _inject_fault(fault: str) -> None:
-    """Test hook: fail the way a broken plugin does (``abort``, ``segv``, ``hang``, ``raise``)."""
-    if fault == "abort":
-        os.abort()
-    elif fault == "segv":
-        ctypes.string_at(0)
-    elif fault == "hang":
-        time.sleep(3600)
-    elif fault == "raise":
-        raise RuntimeError("injected failure")
+def __getattr__(name: str) -> Any:
+    if name == "RenderPool":  # lives in proxies.pool (which imports this module)
+        from proxies.pool import RenderPool  # noqa: PLC0415
 
-
-class _AttemptFailed(Exception):
-    """One render attempt failed in a way the pool should retry (message = the reason)."""
-
-
-def _threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return -1
-
-
-def _can_fork() -> bool:
-    """Whether this worker may fork render processes: Linux, and single-threaded after a fork.
-
-    (OpenBLAS, loaded by NumPy, parks its threads at fork time; anything else running a thread
-    would make fork unsafe, and then the worker renders everything itself.)
-    """
-    if not hasattr(os, "fork") or not os.path.isdir("/proc/self/task"):
-        return False
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return _threads() == 1
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _render_forked(host: PluginHost, n: np.ndarray, notes: tuple[Note, ...], duration_s: float,
-                   timeout_s: float, fault: str | None) -> np.ndarray:
-    """Render in a forked child of this worker, whose plugin instance has never rendered noise
-    or sync presets: every such render starts from the same state (noise RNG at its load seed,
-    sync accumulators and S&H counters at 0), so it is reproducible in any worker."""
-    import mmap
-    import select
-
-    total = n_samples(duration_s, host.sample_rate)
-    shape = (host.n_outputs, total)
-    buf = mmap.mmap(-1, 4 * shape[0] * shape[1])  # anonymous shared memory, inherited by the child
-    rd, wr = os.pipe()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # child: render, write the audio into buf, exit without any Python cleanup
-        code = 0
-        try:
-            os.close(rd)
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the worker
-            if os.getppid() != parent:
-                os._exit(4)
-            if fault:
-                _inject_fault(fault)
-            audio = host._render_checked(n, notes, duration_s)
-            np.frombuffer(buf, dtype=np.float32)[:] = audio.reshape(-1)
-        except BaseException as e:  # noqa: BLE001 - reported to the worker through the pipe
-            code = 3
-            with contextlib.suppress(OSError):
-                os.write(wr, f"{type(e).__name__}: {e}".encode("utf-8", "replace")[:4000])
-        os._exit(code)
-    os.close(wr)
-    try:
-        ready, _, _ = select.select([rd], [], [], timeout_s)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise _AttemptFailed(f"timed out after {timeout_s:g} s (render process killed)")
-        chunks = []
-        while chunk := os.read(rd, 65536):
-            chunks.append(chunk)
-        _, status = os.waitpid(pid, 0)
-        if os.WIFSIGNALED(status):
-            raise _AttemptFailed(f"render process crashed: {_signal_name(-os.WTERMSIG(status))}")
-        if os.WEXITSTATUS(status) != 0:
-            said = b"".join(chunks).decode("utf-8", "replace") or f"exit code {os.WEXITSTATUS(status)}"
-            raise _AttemptFailed(f"render raised {said}")
-        return np.frombuffer(buf, dtype=np.float32).reshape(shape).copy()
-    finally:
-        os.close(rd)
-        buf.close()
-
-
-def _worker_main(conn, info: PluginInfo, sample_rate: int, options: dict) -> None:
-    """Worker process: one host; renders tasks until told to stop.
-
-    Presets that touch hidden state the protocol cannot reset (noise, S&H, sync) are rendered in
-    a forked child, so the worker's own instance never renders them; the rest render here.
-    """
-    if options.get("quiet", True):
-        try:  # DawDreamer/amsynth chatter; crash diagnostics still reach the parent via exit codes
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.close(null)
-        except OSError:
-            pass
-    try:
-        host = PluginHost(info, sample_rate, canonicalize=options.get("canonicalize", True),
-                          fresh_sync_instances=options.get("fresh_sync_instances", True))
-        mode = options.get("fork", True)
-        forking = mode is not False and _can_fork()  # checked with the plugin loaded
-        fork_noise = mode is True
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
-        conn.send(("error", None, f"{type(e).__name__}: {e}"))
-        conn.close()
-        return
-    timeout_s = float(options.get("timeout_s", 60.0))
-    conn.send(("ready", None, (os.getpid(), host.n_outputs, host.n_params, forking)))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        if msg is None:
-            break
-        task_id, normalized, notes, duration_s, fault = msg
-        try:
-            child_fault = fault[len("child-"):] if fault and fault.startswith("child-") else None
-            if fault and not child_fault:
-                _inject_fault(fault)
-            hidden = forking and (
-                (fork_noise and info.uses_noise is not None and bool(info.uses_noise(normalized)))
-                or (info.fresh_voices is not None and bool(info.fresh_voices(normalized, notes)))
-            )
-            if hidden or child_fault:
-                audio = _render_forked(host, normalized, notes, duration_s, timeout_s, child_fault)
-            else:
-                audio = host._render_checked(normalized, notes, duration_s)
-            conn.send(("ok", task_id, audio))
-        except _AttemptFailed as e:
-            conn.send(("err", task_id, str(e)))
-        except Exception as e:  # noqa: BLE001 - reported per preset
-            conn.send(("err", task_id, f"render raised {type(e).__name__}: {e}"))
-    conn.close()
-
-
-class _Worker:
-    def __init__(self, ctx, info: PluginInfo, sample_rate: int, options: dict) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child, info, sample_rate, options),
-                                name=f"render-{info.name}", daemon=True)
-        self.proc.start()
-        child.close()
-        self.state = "starting"  # starting -> idle <-> busy -> dead
-        self.started = time.monotonic()
-        self.task: int | None = None
-        self.deadline = math.inf
-        self.reserved: deque[int] = deque()  # retries that must run here (a fresh worker)
-        self.pid: int | None = None
-
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(5)
-        self.conn.close()
-        self.state = "dead"
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.state != "dead":
-            try:
-                self.conn.send(None)
-            except (OSError, ValueError):
-                pass
-        self.proc.join(timeout)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(2)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(2)
-        self.conn.close()
-        self.state = "dead"
-
-
-def _shutdown_workers(workers: list) -> None:
-    for w in list(workers):
-        try:
-            w.stop()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass
-    workers.clear()
-
-
-class RenderPool:
-    """Worker processes rendering presets through the real plugin, one engine per worker.
-
-    Each worker runs :class:`PluginHost` (the determinism protocol), so every reproducible
-    preset renders bit-identically to :func:`render` in this process, whichever worker takes it.
-
-    **Fork mode** (Linux, default): a worker renders presets that touch state the protocol
-    cannot reset (amsynth: noise / S&H waveforms, osc2 sync) in a forked child of itself. Its
-    own instance never renders those, so each child starts with the noise generator at its load
-    seed and fresh sync accumulators / S&H counters: such renders are then identical in every
-    worker (a noise preset equals its render in a fresh process), and sync presets cost a fork
-    (~10-20 ms) instead of a new plugin instance (~0.2 s). See :attr:`forking`, :meth:`reproducible`.
-
-    A worker that crashes (the plugin segfaults or aborts), or a render that exceeds
-    ``timeout_s``, costs one retry in a fresh worker; a second failure is reported in the
-    failure list and the row is NaN. The rest of the batch is unaffected. Workers persist across
-    batches. Use as a context manager, or call :meth:`close`.
-
-    Args:
-        plugin: registered name, path or :class:`PluginInfo`.
-        workers: number of processes (each renders one preset at a time).
-        sample_rate: Hz, integer in 8000..192000.
-        timeout_s: wall-clock limit per render attempt (s); a hang beyond it kills the worker.
-        start_method: ``"spawn"`` (default) or ``"forkserver"``. ``fork`` is refused: a parent
-            holding JAX or other threads cannot fork safely.
-        startup_timeout_s: limit for a worker to load the plugin.
-        progress: show a tqdm bar per batch.
-        quiet: silence the workers' stdout (DawDreamer prints on plugin load).
-        fork: ``True``: fork mode where the platform allows it (see above); ``"sync"``: fork only
-            for sync presets (noise presets render in the worker: faster, not reproducible);
-            ``False``: never fork (sync presets get fresh plugin instances).
-    """
-
-    def __init__(
-        self,
-        plugin: str | os.PathLike | PluginInfo = "amsynth",
-        workers: int = 2,
-        sample_rate: int = 44100,
-        *,
-        timeout_s: float = 60.0,
-        start_method: str = "spawn",
-        startup_timeout_s: float = 120.0,
-        progress: bool = False,
-        quiet: bool = True,
-        fork: bool | str = True,
-        _options: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.info = get_plugin(plugin)
-        self.sample_rate = check_sample_rate(sample_rate)
-        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-        if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
-            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-        if start_method not in ("spawn", "forkserver"):
-            raise ValueError(
-                f"start_method must be 'spawn' or 'forkserver', got {start_method!r} "
-                "(fork is unsafe once JAX or other threads run in the parent)"
-            )
-        self.info.check_installed()
-        self.n_workers = int(workers)
-        self.timeout_s = float(timeout_s)
-        self.startup_timeout_s = float(startup_timeout_s)
-        self.progress = bool(progress)
-        self._ctx = mp.get_context(start_method)
-        if fork not in (True, False, "sync"):
-            raise ValueError(f"fork must be True, False or 'sync', got {fork!r}")
-        self.fork_mode = fork
-        self._options = {"quiet": bool(quiet), "timeout_s": float(timeout_s), "fork": fork,
-                         **dict(_options or {})}
-        self._faults: dict[int, tuple[str, int]] = {}  # test hook: batch index -> (kind, times)
-        self._workers: list[_Worker] = []
-        self._closed = False
-        self._n_outputs: int | None = None
-        self._n_params: int | None = None
-        self._forking: bool | None = None
-        self._batch = 0
-        self.workers_started = 0
-        self._finalizer = weakref.finalize(self, _shutdown_workers, self._workers)
-        try:
-            for _ in range(self.n_workers):
-                self._spawn()
-            self._wait_ready(list(self._workers))
-        except BaseException:
-            self.close()
-            raise
-
-    # ------------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "RenderPool":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop every worker (join; terminate/kill stragglers). Idempotent."""
-        self._closed = True
-        _shutdown_workers(self._workers)
-
-    @property
-    def forking(self) -> bool:
-        """True when the workers fork render processes (Linux). With ``fork=True`` *every*
-        preset, noise included, then renders bit-identically in any worker of any pool."""
-        return bool(self._forking)
-
-    def reproducible(self, normalized: Any) -> np.ndarray:
-        """Bool ``[B]``: rows this pool renders identically every time (all, when forking)."""
-        n = np.asarray(normalized, dtype=np.float64)
-        if self.forking and self.fork_mode is True:
-            return np.ones(n.shape[:-1], dtype=bool)
-        return is_reproducible(self.info, n)
-
-    @property
-    def pids(self) -> tuple[int, ...]:
-        """Process ids of the live workers (including replacements still loading the plugin)."""
-        return tuple(w.proc.pid for w in self._workers if w.state != "dead")
-
-    def _spawn(self) -> _Worker:
-        w = _Worker(self._ctx, self.info, self.sample_rate, self._options)
-        self._workers.append(w)
-        self.workers_started += 1
-        return w
-
-    def _on_message(self, w: _Worker, kind: str, payload: Any) -> None:
-        if kind == "ready":
-            w.pid, n_out, n_params, forking = payload
-            self._n_outputs, self._n_params = n_out, n_params
-            self._forking = bool(forking) if self._forking is None else self._forking and bool(forking)
-            w.state = "idle"
-        elif kind == "error":
-            w.kill()
-            raise RuntimeError(
-                f"a render worker could not start {self.info.name} ({self.info.default_path}): {payload}"
-            )
-
-    def _wait_ready(self, workers: list[_Worker]) -> None:
-        while any(w.state == "starting" for w in workers):
-            starting = [w for w in workers if w.state == "starting"]
-            left = min(w.started + self.startup_timeout_s for w in starting) - time.monotonic()
-            ready = _wait_connections([w.conn for w in starting] + [w.proc.sentinel for w in starting],
-                                      timeout=max(0.0, left))
-            for w in starting:
-                if w.conn in ready:
-                    try:
-                        kind, _, payload = w.conn.recv()
-                    except (EOFError, OSError):
-                        w.proc.join(5)
-                        w.kill()
-                        raise RuntimeError(f"a render worker died while loading {self.info.default_path}: "
-                                           f"{_signal_name(w.proc.exitcode)}") from None
-                    self._on_message(w, kind, payload)
-                elif w.proc.sentinel in ready:
-                    w.proc.join(5)
-                    code = w.proc.exitcode
-                    w.kill()
-                    raise RuntimeError(f"a render worker died while loading {self.info.default_path}: "
-                                       f"{_signal_name(code)}")
-            if not ready and time.monotonic() >= min(w.started for w in starting) + self.startup_timeout_s:
-                for w in starting:
-                    w.kill()
-                raise RuntimeError(f"render workers did not load {self.info.default_path} within "
-                                   f"{self.startup_timeout_s:g} s")
-
-    # --------------------------------------------------------------------------- batches
-    def render_batch(
-        self,
-        normalized: Any,
-        notes: Note | Iterable[Note] = (Note(),),
-        duration_s: float = 1.5,
-        progress: bool | None = None,
-    ) -> tuple[np.ndarray, list[RenderFailure]]:
-        """Render ``normalized [B, P]``.
-
-        Returns:
-            ``(audio, failures)``: audio float32 ``[B, C, T]`` in input order (T =
-            ``round(duration_s * sample_rate)``), rows of failed presets NaN; failures a list of
-            :class:`RenderFailure` sorted by index (empty when all rendered).
-        """
-        if self._closed:
-            raise RuntimeError("this RenderPool is closed; create a new one")
-        duration_s = _check_duration(duration_s)
-        notes = _check_notes(notes, duration_s)
-        n = _precheck(self.info, np.asarray(normalized, dtype=np.float64), batch=True)
-        if n.shape[1] != self._n_params:
-            raise ValueError(f"normalized: expected {self._n_params} values per preset, got shape {n.shape}")
-        total = n_samples(duration_s, self.sample_rate)
-        audio = np.full((n.shape[0], self._n_outputs, total), np.nan, dtype=np.float32)
-        self._batch += 1
-        try:
-            failures = self._run(n, notes, duration_s, audio, self.progress if progress is None else progress)
-        except BaseException:  # e.g. KeyboardInterrupt: no worker may hold a stale task
-            for w in [w for w in self._workers if w.state == "busy"]:
-                w.kill()
-                self._workers.remove(w)
-                with contextlib.suppress(Exception):
-                    self._spawn()
-            raise
-        return audio, failures
-
-    def _run(self, n: np.ndarray, notes: tuple[Note, ...], duration_s: float, audio: np.ndarray,
-             progress: bool) -> list[RenderFailure]:
-        pending: deque[int] = deque(range(n.shape[0]))
-        reasons: dict[int, list[str]] = {}
-        failures: list[RenderFailure] = []
-        done = 0
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n.shape[0], desc=f"render {self.info.name}", unit="preset")
-        faults = dict(self._faults)
-
-        def fail(w: _Worker, i: int, reason: str) -> None:
-            nonlocal done
-            self._workers.remove(w)
-            fresh = self._spawn()  # keep the pool at full size
-            reasons.setdefault(i, []).append(reason)
-            if len(reasons[i]) < 2:  # one retry, in that fresh worker
-                fresh.reserved.append(i)
-            else:
-                failures.append(RenderFailure(i, reason, len(reasons[i]), tuple(reasons[i])))
-                done += 1
-                if bar is not None:
-                    bar.update(1)
-
-        try:
-            while True:
-                live = [w for w in self._workers if w.state != "dead"]
-                # hand out work
-                for w in live:
-                    if w.state != "idle":
-                        continue
-                    i = w.reserved.popleft() if w.reserved else (pending.popleft() if pending else None)
-                    if i is None:
-                        continue
-                    kind, times = faults.get(i, (None, 0))
-                    fault = kind if times > 0 else None
-                    if fault:
-                        faults[i] = (kind, times - 1)
-                    w.conn.send(((self._batch, i), n[i], notes, duration_s, fault))
-                    # a hung render process is killed by its worker at timeout_s; the worker
-                    # itself gets a grace period before the pool kills it
-                    w.state, w.task, w.deadline = "busy", i, time.monotonic() + self.timeout_s + 2.0
-                busy = [w for w in live if w.state == "busy"]
-                starting = [w for w in live if w.state == "starting"]
-                if not busy and not pending and not any(w.reserved for w in live):
-                    break  # replacements still starting finish in the background
-                deadlines = [w.deadline for w in busy] + [w.started + self.startup_timeout_s for w in starting]
-                timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-                watch = busy + starting
-                ready = _wait_connections([w.conn for w in watch] + [w.proc.sentinel for w in watch], timeout)
-                now = time.monotonic()
-                for w in watch:
-                    if w.conn in ready:
-                        try:
-                            kind, task_id, payload = w.conn.recv()
-                        except (EOFError, OSError):
-                            w.proc.join(5)
-                            self._lost(w, fail, f"worker crashed: {_signal_name(w.proc.exitcode)}")
-                            continue
-                        if w.state == "starting":
-                            self._on_message(w, kind, payload)
-                            continue
-                        if task_id != (self._batch, w.task):  # never expected; be safe
-                            w.kill()
-                            fail(w, w.task, f"worker answered task {task_id}, expected {(self._batch, w.task)}")
-                            continue
-                        if kind == "ok":
-                            audio[w.task] = payload
-                            w.state, w.task = "idle", None
-                            done += 1
-                            if bar is not None:
-                                bar.update(1)
-                        else:  # the attempt failed (exception, or the render process died)
-                            i = w.task
-                            w.kill()
-                            fail(w, i, payload)
-                    elif w.proc.sentinel in ready:
-                        w.proc.join(5)
-                        self._lost(w, fail, f"worker crashed: {_signal_name(w.proc.exitcode)}")
-                    elif w.state == "busy" and now >= w.deadline:
-                        i = w.task
-                        w.kill()
-                        fail(w, i, f"timed out after {self.timeout_s + 2:g} s (worker killed)")  # hung worker
-                    elif w.state == "starting" and now >= w.started + self.startup_timeout_s:
-                        w.kill()
-                        raise RuntimeError(f"a replacement render worker did not load {self.info.default_path} "
-                                           f"within {self.startup_timeout_s:g} s")
-        finally:
-            if bar is not None:
-                bar.close()
-        return sorted(failures, key=lambda f: f.index)
-
-    def _lost(self, w: _Worker, fail: Callable[[_Worker, int, str], None], reason: str) -> None:
-        if w.state == "starting":
-            code = w.proc.exitcode
-            w.kill()
-            raise RuntimeError(f"a replacement render worker died while loading {self.info.default_path}: "
-                               f"{_signal_name(code)}")
-        i = w.task
-        w.kill()
-        if i is not None:
-            fail(w, i, reason)
-        else:
-            self._workers.remove(w)
-            self._spawn()
+        return RenderPool
+    raise AttributeError(f"module 'proxies.host' has no attribute {name!r}")

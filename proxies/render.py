@@ -2,16 +2,19 @@
 
 Usage::
 
-    python -m proxies.render amsynth (--preset FILE [--index K] | --random SEED)
+    python -m proxies.render SYNTH (--preset FILE [--index K] | --random SEED)
         [--note 60] [--velocity 100] [--hold 1.0] [--duration 1.5] [--sr 44100]
-        --out OUT.wav [--engine plugin|proxy]
+        --out OUT.wav [--engine plugin|proxy] [--spec SPEC.json]
 
-``FILE`` may be a bank (``--index`` picks the preset, 0-based), a single preset text or a VST2
-``.fxp``. ``--random SEED`` samples ``AMSYNTH.sample_normalized(np.random.default_rng(SEED), 1)``.
-The ``plugin`` engine renders through the real plugin with the deterministic protocol of
-:mod:`proxies.host`; ``proxy`` renders the same request with the synth's differentiable JAX proxy
-(:mod:`proxies.amsynth.calibration`; noise waveforms come from a fixed PRNG key). The wav is 32-bit float, written atomically; a one-line summary (preset name,
-peak, RMS dB, path) goes to stdout.
+``SYNTH`` is a registered synth (``amsynth``, ``dexed``, ``nekobi``, ...) or ``vst:PATH`` (a
+probed plugin; ``--spec`` names its spec JSON). ``FILE`` is any preset file the synth reads
+(``Synth.presets``: amsynth banks, presets and ``.fxp``; DX7 ``.syx`` banks, raw banks and
+hexter's files; ``.fxp`` for probed plugins); ``--index`` picks a preset in a bank (0-based).
+``--random SEED`` samples the synth's prior with ``np.random.default_rng(SEED)``. The ``plugin``
+engine is the synth's real engine (DawDreamer with the deterministic protocol of
+:mod:`proxies.host`, or the in-process engine, e.g. dexed-py); ``proxy`` renders the same request
+with the synth's differentiable JAX proxy (exact mode). The wav is 32-bit float, written
+atomically; a one-line summary (preset name, peak, RMS dB, path) goes to stdout.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from proxies import host
+from proxies.synth import Synth, SynthNotFoundError, get_synth, list_synths
 
 __all__ = ["ENGINES", "main", "parse_args", "write_wav"]
 
@@ -36,7 +40,7 @@ __all__ = ["ENGINES", "main", "parse_args", "write_wav"]
 class RenderRequest:
     """What an engine renders: one preset, one note."""
 
-    synth: str
+    synth: Synth
     name: str
     normalized: np.ndarray  # [P] in [0, 1]
     note: host.Note
@@ -45,30 +49,32 @@ class RenderRequest:
 
 
 def _render_plugin(req: RenderRequest) -> np.ndarray:
-    """The real plugin (DawDreamer, determinism protocol). float32 [channels, samples]."""
-    return host.render(req.synth, req.normalized, notes=(req.note,), duration_s=req.duration_s,
-                       sample_rate=req.sample_rate)
+    """The synth's real engine (one worker / thread). float32 [channels, samples]."""
+    engine = req.synth.open_engine(req.sample_rate, workers=1)
+    try:
+        audio, failures = engine.render(np.asarray(req.normalized, np.float64)[None], (req.note,), req.duration_s)
+    finally:
+        engine.close()
+    if failures:
+        raise RuntimeError(f"the {req.synth.name} engine could not render {req.name!r}: {failures[0].reason}")
+    return audio[0]
 
 
 def _render_proxy(req: RenderRequest) -> np.ndarray:
     """The synth's JAX proxy (calibration + render, exact mode). float32 [channels, samples]."""
-    if req.synth != "amsynth":
-        raise RuntimeError(f"no JAX proxy for {req.synth!r}; the proxy engine supports: amsynth")
-    from proxies.amsynth.calibration import ProxyConfig, render_normalized
+    import jax.numpy as jnp
 
-    config = ProxyConfig(sample_rate=req.sample_rate, duration_s=req.duration_s, note=req.note.pitch,
-                         velocity=req.note.velocity, hold_s=req.note.hold_s)
-    return np.asarray(render_normalized(np.asarray(req.normalized, np.float32)[None], config))[0]
+    from proxies.synth import ProxyRender, proxy_renderer
+
+    config = ProxyRender(sample_rate=req.sample_rate, duration_s=req.duration_s, hold_s=req.note.hold_s)
+    render = proxy_renderer(req.synth, config)
+    audio = render(np.asarray(req.normalized, np.float32)[None], jnp.asarray([req.note.pitch], jnp.int32),
+                   jnp.asarray([req.note.velocity], jnp.int32))
+    return np.asarray(audio)[0]
 
 
 #: engine name -> function(RenderRequest) -> float32 [channels, samples].
 ENGINES: dict[str, Callable[[RenderRequest], np.ndarray]] = {"plugin": _render_plugin, "proxy": _render_proxy}
-
-
-def _synths() -> tuple[str, ...]:
-    """Registered plugins that have a parameter spec and a preset reader."""
-    return tuple(n for n in host.registered_plugins()
-                 if host.get_plugin(n).spec is not None and host.get_plugin(n).read_preset is not None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m proxies.render",
         description="Render one preset through a synth and write a 32-bit float wav.",
     )
-    p.add_argument("synth", choices=_synths(), help="which synth")
+    p.add_argument("synth", help=f"which synth: {', '.join(list_synths())}, or vst:/path/Plugin.so")
+    p.add_argument("--spec", metavar="SPEC.json", help="probed spec of a vst: synth (python -m proxies.probe)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", metavar="FILE", help="bank, single preset text or .fxp file")
     src.add_argument("--random", metavar="SEED", type=int, help="render a random preset sampled with this seed")
@@ -95,6 +102,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the options (argparse errors name the bad option and exit with status 2)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        args.synth = get_synth(args.synth, args.spec)
+    except (SynthNotFoundError, OSError, ValueError) as e:
+        parser.error(f"synth: {e}")
+    if args.engine == "proxy" and args.synth.proxy is None:
+        parser.error(f"--engine proxy: {args.synth.name} has no differentiable proxy; use --engine plugin")
     if args.index is not None and args.preset is None:
         parser.error("--index K only applies to --preset FILE (a bank)")
     if args.index is not None and args.index < 0:
@@ -123,12 +136,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _load_preset(args: argparse.Namespace) -> tuple[str, np.ndarray]:
-    info = host.get_plugin(args.synth)
+    synth: Synth = args.synth
     if args.random is not None:
-        n = info.spec.sample_normalized(np.random.default_rng(args.random), 1)[0]
+        n = synth.sample_presets(np.random.default_rng(args.random), 1)[0]
         return f"random seed {args.random}", n
     try:
-        name, n = info.read_preset(args.preset, args.index)
+        name, n = synth.presets.read(args.preset, args.index)
     except (ValueError, OSError) as e:  # PresetError is a ValueError
         args._parser.error(f"--preset: {e}")
     return name, np.asarray(n, dtype=np.float64)
@@ -166,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
     rms_db = 20 * math.log10(rms) if rms > 0 else -math.inf
     note = ""
-    if not bool(host.is_reproducible(args.synth, normalized)):
+    if not bool(args.synth.reproducible(np.asarray(normalized)[None])[0]):
         note = "  (noise waveform: not sample-reproducible)"
     print(f"{name!r}: peak {peak:.4f}, RMS {rms_db:.1f} dB, {audio.shape[0]} ch x {audio.shape[1]} samples "
           f"@ {args.sr} Hz -> {args.out}{note}")

@@ -447,7 +447,7 @@ def test_note_renderer_recovers_from_poisoned_workers():
         def __exit__(self, *exc):
             pass
 
-        def render(self, normalized):
+        def render(self, normalized, pitch=None):
             audio = np.zeros((len(normalized), 2, data.n_samples), np.float32)
             ok = np.ones(len(normalized), bool)
             for i, row in enumerate(normalized):
@@ -456,7 +456,7 @@ def test_note_renderer_recovers_from_poisoned_workers():
                 if self.poisoned:
                     ok[i] = False
                 else:
-                    audio[i] = row[0] + self.cfg.note
+                    audio[i] = row[0] + pitch[i]
             return audio, ok
 
     r = Poisonable(data)

@@ -49,13 +49,14 @@ class FrozenMap(dict):
 class RunConfig:
     """[run]: what the run is called and where it goes (``<runs_dir>/<name>/``)."""
 
-    name: str = "amsynth"
+    name: str = ""  # empty: the synth's name (data.synth; a probed plugin's file name)
     seed: int = 0  # model init and batch order
     runs_dir: str = "runs"
 
     def validate(self) -> None:
-        _require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
-                 "run.name", "a non-empty name without '/'", self.name, "pick a plain directory name")
+        _require("/" not in self.name and self.name not in (".", ".."),
+                 "run.name", "a plain name without '/' (or empty: the synth's name)", self.name,
+                 "pick a plain directory name")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class DataConfig:
     normalized value) in every sampled preset; frozen parameters are not predicted.
     """
 
-    synth: Literal["amsynth"] = "amsynth"
+    synth: str = "amsynth"  # a registered synth (proxies.synth.list_synths) or vst:/path/Plugin.so
+    spec: str = ""  # probed spec JSON of a vst: synth (empty: found next to the plugin)
     seed: int = 0  # preset sampling (independent of run.seed, so datasets are shared by runs)
     n_train: int = 3000
     n_val: int = 128
@@ -91,6 +93,7 @@ class DataConfig:
         return int(round(self.sample_rate * self.duration_s))
 
     def validate(self) -> None:
+        _check_synth(self)
         _require(self.n_train >= 1, "data.n_train", "an integer >= 1", self.n_train)
         _require(self.n_val >= 1, "data.n_val", "an integer >= 1", self.n_val)
         _require(self.n_test >= 1, "data.n_test", "an integer >= 1", self.n_test)
@@ -174,15 +177,6 @@ class ModelConfig:
                  f"an integer in [1, model.raw_kernel = {self.raw_kernel}]", self.raw_stride)
 
 
-#: amsynth parameters whose spectral-loss gradient (through the proxy, at a parameter-trained
-#: model's predictions) points towards the target value for >= 60 % of the gradient mass. Pitch
-#: and LFO-rate gradients point away (osc2_detune 9 %, lfo_freq 40 %), categorical ones are at
-#: chance or below; those parameters learn from the parameter loss only.
-SPECTRAL_PARAMS_DEFAULT = ("amp_attack", "amp_decay", "amp_sustain", "amp_release", "filter_env_amount",
-                           "filter_cutoff", "osc_mix_mode", "osc1_pulsewidth", "osc2_pulsewidth", "reverb_damp",
-                           "reverb_width", "amp_mod_amount")
-
-
 @dataclass(frozen=True)
 class LossConfig:
     """[loss]: what the encoder is trained on.
@@ -207,9 +201,10 @@ class LossConfig:
     balance_spectral_grads: bool = True  # each parameter gets an equal share (losses.balance_gradients)
     categorical_relaxation: Literal["softmax", "straight_through"] = "straight_through"
     # Parameters whose outputs receive the spectral gradient (the others get only the parameter
-    # loss): those whose spectral-loss gradient points towards the target (measured; see
-    # training/losses.py). ["all"] = every learned parameter, categoricals included.
-    spectral_params: tuple[str, ...] = SPECTRAL_PARAMS_DEFAULT
+    # loss). [] (default) = the synth's own choice (proxies.synth.Synth.spectral_params: for
+    # amsynth those whose spectral-loss gradient points towards the target, measured);
+    # ["all"] = every learned parameter, categoricals included.
+    spectral_params: tuple[str, ...] = ()
 
     def validate(self) -> None:
         for key in ("param_weight", "categorical_weight", "spectral_weight", "hybrid_param_weight_end"):
@@ -315,8 +310,27 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
+    def run_name(self) -> str:
+        """``run.name``, or the synth's name when empty (``vst:PATH``: the plugin's file stem)."""
+        if self.run.name:
+            return self.run.name
+        synth = self.data.synth
+        if synth.startswith("vst:"):
+            synth = Path(synth[4:].rstrip("/")).stem or "vst"
+        return synth
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.run.runs_dir) / self.run.name
+        return Path(self.run.runs_dir) / self.run_name
+
+    @property
+    def spectral_params(self) -> tuple[str, ...]:
+        """``loss.spectral_params`` resolved: the synth's default when the config leaves it empty."""
+        if self.loss.spectral_params:
+            return self.loss.spectral_params
+        from proxies.synth import get_synth  # noqa: PLC0415
+
+        return tuple(get_synth(self.data.synth, self.data.spec or None).spectral_params) or ("all",)
 
     def validate(self) -> "Config":
         for name in SECTIONS:
@@ -338,6 +352,7 @@ class Config:
                      f"at most data.n_samples = {d.n_samples}", self.model.raw_kernel)
         _check_frozen(self.data)
         _check_spectral_params(self)
+        _check_proxy_needed(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -475,23 +490,46 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     raise TypeError(f"config field {key} has an unsupported annotation {hint!r}")  # a bug here, not user input
 
 
-def _check_frozen(data: DataConfig) -> None:
-    from training.data import spec_of  # local: keeps config importable without the synth stack
+def _synth(data: DataConfig):
+    from proxies.synth import get_synth  # noqa: PLC0415  (lazy: no plugin, JAX or engine is loaded)
 
-    spec = spec_of(data.synth)
+    return get_synth(data.synth, data.spec or None)
+
+
+def _check_synth(data: DataConfig) -> None:
+    from proxies.synth import SynthNotFoundError  # noqa: PLC0415
+
+    try:
+        _synth(data)
+    except SynthNotFoundError as e:
+        raise ConfigError(f"data.synth: {e}") from None
+    except (OSError, ValueError) as e:  # a vst: synth whose plugin or probed spec is missing or bad
+        raise ConfigError(f"data.synth = {data.synth!r}: {e}") from None
+
+
+def _check_frozen(data: DataConfig) -> None:
+    spec = _synth(data).spec
     for name in data.frozen:
         if not spec.has(name):
             raise ConfigError(f"data.frozen.{name}: {data.synth} has no parameter {name!r}; expected names: "
                               f"{', '.join(spec.names)}")
 
 
-def _check_spectral_params(cfg: "Config") -> None:
-    from training.data import spec_of
-
-    names = cfg.loss.spectral_params
-    if names == ("all",):
+def _check_proxy_needed(cfg: "Config") -> None:
+    """A synth without a differentiable proxy trains with the parameter loss only."""
+    synth = _synth(cfg.data)
+    if synth.has_proxy:
         return
-    spec = spec_of(cfg.data.synth)
+    _require(cfg.loss.schedule == "param", "loss.schedule",
+             f"'param' for {synth.name}, which has no differentiable proxy (the spectral loss renders "
+             "through one)", cfg.loss.schedule, 'set loss.schedule = "param"')
+
+
+def _check_spectral_params(cfg: "Config") -> None:
+    names = cfg.loss.spectral_params
+    if names in (("all",), ()):
+        return
+    spec = _synth(cfg.data).spec
     learned = [p.name for p in spec.params if p.prior != "fixed" and p.name not in cfg.data.frozen]
     _require(len(names) >= 1, "loss.spectral_params", 'at least one parameter name, or ["all"]', list(names))
     for name in names:

@@ -7,14 +7,14 @@ host's worker pool (never through the proxy) and stored as ``.npz`` shards besid
 manifest, in a directory named by a hash of everything that determines the content:
 
     <data.cache_dir>/<synth>-<hash12>/manifest.json
-                                     /train-0000.npz  (audio [B, 2, T], normalized, internal, index)
+                                     /train-0000.npz  (audio [B, C, T], normalized, internal, index)
                                      /val-0000.npz ...
 
 A matching directory is reused. Generation is resumable: every shard is written to a temporary
 file and moved into place with ``os.replace``, so after a kill -9 the finished shards are kept,
 and a missing, partial or corrupt shard is rendered again. With a fixed ``data.seed`` the presets
 are identical, and so is the audio of every preset whose sound does not depend on the plugin's
-global noise generator (``proxies.amsynth.spec.uses_noise``).
+global noise generator (``Synth.reproducible``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 
 from proxies.files import atomic_savez, atomic_write_json
 from proxies.params import SynthSpec
+from proxies.synth import Synth, get_synth
 from training.config import DataConfig
 
 FORMAT_VERSION = 1
@@ -42,33 +43,24 @@ _HIST_ALPHA = 0.5  # additive smoothing (pseudo-count per bin / choice) of the f
 
 
 # --------------------------------------------------------------------------------- synth lookups
+def synth_of(cfg: DataConfig) -> Synth:
+    """The synth a data config names, through the synth contract (``proxies.synth.get_synth``)."""
+    return get_synth(cfg.synth, cfg.spec or None)
+
+
 def spec_of(synth: str) -> SynthSpec:
-    """The parameter description of a supported synth."""
-    if synth == "amsynth":
-        from proxies.amsynth.spec import AMSYNTH
-
-        return AMSYNTH
-    raise ValueError(f"unknown synth {synth!r}; expected one of: amsynth")
+    """The parameter description of a registered synth (``vst:PATH`` included)."""
+    return get_synth(synth).spec
 
 
-def factory_presets(synth: str) -> tuple[list[str], np.ndarray]:
-    """(names, normalized [N, n_params] float64) of the synth's human-made factory presets."""
-    if synth == "amsynth":
-        from proxies.amsynth.presets import load_factory_banks
-
-        out = load_factory_banks()
-        names, normalized = _unpack_factory(out)
-        return list(names), np.asarray(normalized, dtype=np.float64)
-    raise ValueError(f"unknown synth {synth!r}; expected one of: amsynth")
-
-
-def _unpack_factory(out: Any) -> tuple[Sequence[str], np.ndarray]:
-    if isinstance(out, tuple) and len(out) == 2:
-        return out
-    for names_attr, values_attr in (("names", "normalized"),):
-        if hasattr(out, names_attr) and hasattr(out, values_attr):
-            return getattr(out, names_attr), getattr(out, values_attr)
-    raise TypeError(f"load_factory_banks() returned {type(out).__name__}; expected (names, normalized)")
+def factory_presets(synth: str | Synth) -> tuple[list[str], np.ndarray]:
+    """(names, normalized [N, n_params] float64) of the synth's human-made presets (its corpus)."""
+    s = get_synth(synth)
+    if s.presets.corpus is None:
+        raise ValueError(f"{s.name} has no human preset corpus: set data.factory_prior_weight = 0 and "
+                         "eval.n_factory = 0")
+    names, normalized = s.presets.corpus()
+    return list(names), np.asarray(normalized, dtype=np.float64)
 
 
 # -------------------------------------------------------------------------------------- priors
@@ -111,7 +103,7 @@ def fit_factory_prior(spec: SynthSpec, normalized: np.ndarray) -> FactoryPrior:
 
 
 def sample_presets(
-    spec: SynthSpec,
+    synth: Synth | SynthSpec,
     rng: np.random.Generator,
     n: int,
     factory_prior: FactoryPrior | None = None,
@@ -121,12 +113,18 @@ def sample_presets(
     """``n`` presets as snapped normalized values [n, n_params] (float64).
 
     Each preset comes from ``factory_prior`` with probability ``factory_weight`` and from the
-    spec's uniform prior otherwise; ``fixed`` parameters take their defaults and ``frozen``
-    parameters (name -> normalized) their given value.
+    synth's sampling prior (``Synth.sample_presets``; a bare spec: its uniform prior)
+    otherwise; ``fixed`` parameters take their defaults and ``frozen`` parameters (name ->
+    normalized) their given value.
     """
     if factory_weight > 0 and factory_prior is None:
         raise ValueError("factory_weight > 0 needs a factory_prior (see fit_factory_prior)")
-    out = spec.sample_normalized(rng, n, frozen=dict(frozen or {}))
+    if isinstance(synth, Synth):
+        spec = synth.spec
+        out = synth.sample_presets(rng, n, frozen=dict(frozen or {}))
+    else:
+        spec = synth
+        out = spec.sample_normalized(rng, n, frozen=dict(frozen or {}))
     use_factory = rng.random(n) < factory_weight
     if factory_prior is not None and use_factory.any():
         m = int(use_factory.sum())
@@ -144,70 +142,75 @@ def sample_presets(
     return np.asarray(spec.snap_normalized(out), dtype=np.float64)
 
 
-def split_presets(cfg: DataConfig, split: str, spec: SynthSpec | None = None,
-                  factory_prior: FactoryPrior | None = None) -> np.ndarray:
+def split_presets(cfg: DataConfig, split: str, factory_prior: FactoryPrior | None = None) -> np.ndarray:
     """The deterministic presets [n_split, n_params] of ``split`` (train / val / test)."""
-    spec = spec or spec_of(cfg.synth)
+    synth = synth_of(cfg)
     n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
     if cfg.factory_prior_weight > 0 and factory_prior is None:
-        factory_prior = fit_factory_prior(spec, factory_presets(cfg.synth)[1])
+        factory_prior = fit_factory_prior(synth.spec, factory_presets(synth)[1])
     rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM[split]])
-    return sample_presets(spec, rng, n, factory_prior, cfg.factory_prior_weight, dict(cfg.frozen))
+    return sample_presets(synth, rng, n, factory_prior, cfg.factory_prior_weight, dict(cfg.frozen))
 
 
 def factory_eval_presets(cfg: DataConfig, n: int) -> tuple[list[str], np.ndarray]:
     """``n`` factory presets (names, normalized), a fixed pseudo-random choice given ``data.seed``."""
-    names, normalized = factory_presets(cfg.synth)
+    names, normalized = factory_presets(synth_of(cfg))
     rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM["factory"]])
     idx = np.sort(rng.choice(len(names), size=min(n, len(names)), replace=False))
     return [names[i] for i in idx], normalized[idx]
 
 
 # ------------------------------------------------------------------------------------ rendering
-class PluginRenderer:
-    """Renders normalized presets through the real plugin, with the data config's note.
+class EngineRenderer:
+    """Renders normalized presets through the synth's real engine, with the data config's note.
 
-    A thin adapter around ``proxies.host.RenderPool``: one place that knows the host's API.
-    Use as a context manager; :meth:`render` returns ``(audio [B, 2, n_samples] float32,
-    ok [B] bool)``. Failed presets come back as silence with ``ok`` False.
+    The one place training code opens a real engine (``Synth.open_engine``: a DawDreamer worker
+    pool, an in-process engine, ...). Use as a context manager; :meth:`render` returns
+    ``(audio [B, channels, n_samples] float32, ok [B] bool)``. Failed presets come back as
+    silence with ``ok`` False. ``pitch`` (int ``[B]`` or one int) plays other notes than
+    ``data.note`` (velocity, hold and length stay the config's).
     """
 
     def __init__(self, cfg: DataConfig, workers: int | None = None):
         self.cfg = cfg
+        self.synth = synth_of(cfg)
         self.workers = cfg.workers if workers is None else workers
-        self._pool = None
+        self._engine = None
 
-    def __enter__(self) -> "PluginRenderer":
-        from proxies.host import RenderPool
+    @property
+    def channels(self) -> int:
+        return int(self.synth.channels)
 
-        self._pool = RenderPool(plugin=self.cfg.synth, workers=self.workers, sample_rate=self.cfg.sample_rate)
-        self._pool.__enter__()
+    def __enter__(self) -> "EngineRenderer":
+        self._engine = self.synth.open_engine(self.cfg.sample_rate, workers=self.workers)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.__exit__(*exc)
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
 
-    def notes(self) -> list[Any]:
-        from proxies.host import Note
+    def notes(self, pitch: int | None = None) -> tuple[Any, ...]:
+        from proxies.notes import Note
 
         c = self.cfg
-        return [Note(pitch=c.note, velocity=c.velocity, start_s=0.0, hold_s=c.hold_s)]
+        return (Note(pitch=c.note if pitch is None else int(pitch), velocity=c.velocity, start_s=0.0, hold_s=c.hold_s),)
 
-    def render(self, normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._pool is None:
-            raise RuntimeError("PluginRenderer.render outside its `with` block; use `with PluginRenderer(cfg) as r:`")
+    def render(self, normalized: np.ndarray, pitch: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        if self._engine is None:
+            raise RuntimeError("EngineRenderer.render outside its `with` block; use `with EngineRenderer(cfg) as r:`")
         normalized = np.asarray(normalized, dtype=np.float64)
-        audio, failures = self._pool.render_batch(normalized, self.notes(), self.cfg.duration_s)
+        if pitch is None:
+            notes: Any = self.notes()
+        else:
+            pitches = np.broadcast_to(np.asarray(pitch, dtype=np.int64), (len(normalized),))
+            notes = [self.notes(int(p)) for p in pitches]
+        audio, failures = self._engine.render(normalized, notes, self.cfg.duration_s)
         audio = np.asarray(audio, dtype=np.float32)
         n_samples = self.cfg.n_samples
-        if audio.ndim != 3 or audio.shape[0] != len(normalized) or audio.shape[1] != 2:
-            raise RuntimeError(f"render pool returned audio of shape {audio.shape}; expected "
-                               f"[{len(normalized)}, 2, {n_samples}]")
-        if audio.shape[2] < n_samples:  # pad / crop to the one derived length
-            audio = np.pad(audio, ((0, 0), (0, 0), (0, n_samples - audio.shape[2])))
-        audio = audio[:, :, :n_samples]
+        if audio.shape != (len(normalized), self.channels, n_samples):
+            raise RuntimeError(f"the {self.synth.name} engine returned audio of shape {audio.shape}; expected "
+                               f"[{len(normalized)}, {self.channels}, {n_samples}]")
         ok = np.ones(len(normalized), dtype=bool)
         for f in failures or ():
             ok[_failure_index(f)] = False
@@ -233,7 +236,7 @@ def _failure_index(f: Any) -> int:
 # ----------------------------------------------------------------------------------- datasets
 @dataclass(frozen=True)
 class Split:
-    """One split in memory: ``audio`` [N, 2, T] (float16 or float32), ``normalized`` and
+    """One split in memory: ``audio`` [N, C, T] (float16 or float32, C the synth's channels), ``normalized`` and
     ``internal`` [N, n_params], ``index`` [N] (row in the split's preset list)."""
 
     audio: np.ndarray
@@ -260,6 +263,8 @@ def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | Non
     for k in ("workers", "cache_dir"):
         fields.pop(k)
     fields["frozen"] = dict(sorted(cfg.frozen.items()))
+    if not fields["spec"]:  # a registered synth: its spec is in spec_sha256
+        fields.pop("spec")
     spec_hash = hashlib.sha256(json.dumps(spec.table(), sort_keys=True, default=str).encode()).hexdigest()
     return {
         "format_version": FORMAT_VERSION,
@@ -271,19 +276,21 @@ def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | Non
 
 def dataset_dir(cfg: DataConfig, fingerprint: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.cache_dir) / f"{cfg.synth}-{digest}"
+    name = cfg.synth if not cfg.synth.startswith("vst:") else "vst-" + Path(cfg.synth[4:].rstrip("/")).stem
+    return Path(cfg.cache_dir) / f"{name}-{digest}"
 
 
 def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], None] = print) -> Dataset:
     """Load the dataset for ``cfg``, rendering whatever shards are missing or damaged."""
-    spec = spec_of(cfg.synth)
-    prior = fit_factory_prior(spec, factory_presets(cfg.synth)[1]) if cfg.factory_prior_weight > 0 else None
+    synth = synth_of(cfg)
+    spec = synth.spec
+    prior = fit_factory_prior(spec, factory_presets(synth)[1]) if cfg.factory_prior_weight > 0 else None
     fingerprint = data_fingerprint(cfg, spec, prior)
     root = dataset_dir(cfg, fingerprint)
     root.mkdir(parents=True, exist_ok=True)
     for tmp in root.glob("*.tmp*"):  # leftovers of a killed writer
         tmp.unlink(missing_ok=True)
-    presets = {s: split_presets(cfg, s, spec, prior) for s in SPLITS}
+    presets = {s: split_presets(cfg, s, prior) for s in SPLITS}
     plan = [(s, k, rows) for s in SPLITS for k, rows in enumerate(_shard_rows(len(presets[s]), cfg.shard_size))]
 
     manifest_path = root / "manifest.json"
@@ -296,16 +303,16 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
     todo = []
     for split, k, rows in plan:
         name = f"{split}-{k:04d}.npz"
-        if _shard_valid(root / name, presets[split][rows], rows, cfg):
+        if _shard_valid(root / name, presets[split][rows], rows, cfg, synth.channels):
             continue
         todo.append((split, k, rows, name))
     if todo:
         n_render = sum(len(r) for _, _, r, _ in todo)
         log(f"[data] {root}: rendering {n_render} presets in {len(todo)} shard(s) through the real "
-            f"{cfg.synth} plugin ({cfg.workers} workers)")
+            f"{synth.name} engine ({cfg.workers} workers)")
         _write_json(manifest_path, _manifest(fingerprint, cfg, shards_info, complete=False))
         t0 = time.perf_counter()
-        with PluginRenderer(cfg) as renderer, _progress(n_render, progress) as bar:
+        with EngineRenderer(cfg) as renderer, _progress(n_render, progress) as bar:
             for split, k, rows, name in todo:
                 audio, ok = _render_chunks(renderer, presets[split][rows], bar)
                 rows_ok = np.asarray(rows)[ok]
@@ -347,7 +354,7 @@ def _shard_rows(n: int, shard_size: int) -> list[np.ndarray]:
     return [np.arange(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
 
 
-def _render_chunks(renderer: PluginRenderer, normalized: np.ndarray, bar: Any, chunk: int = 64):
+def _render_chunks(renderer: EngineRenderer, normalized: np.ndarray, bar: Any, chunk: int = 64):
     audios, oks = [], []
     for a in range(0, len(normalized), chunk):
         audio, ok = renderer.render(normalized[a:a + chunk])
@@ -357,7 +364,7 @@ def _render_chunks(renderer: PluginRenderer, normalized: np.ndarray, bar: Any, c
     return np.concatenate(audios), np.concatenate(oks)
 
 
-def _shard_valid(path: Path, expected: np.ndarray, rows: np.ndarray, cfg: DataConfig) -> bool:
+def _shard_valid(path: Path, expected: np.ndarray, rows: np.ndarray, cfg: DataConfig, channels: int) -> bool:
     """A finished shard: readable, complete, and holding exactly the expected presets."""
     if not path.is_file():
         return False
@@ -370,7 +377,7 @@ def _shard_valid(path: Path, expected: np.ndarray, rows: np.ndarray, cfg: DataCo
         return False
     if sorted(index.tolist() + failed.tolist()) != list(map(int, rows)):
         return False
-    if audio_shape != (len(index), 2, cfg.n_samples) or str(audio_dtype) != cfg.audio_dtype:
+    if audio_shape != (len(index), channels, cfg.n_samples) or str(audio_dtype) != cfg.audio_dtype:
         return False
     return bool(np.array_equal(normalized, expected[index - rows[0]]))
 

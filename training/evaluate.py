@@ -45,25 +45,12 @@ import numpy as np
 
 from training.match import AUDIO_SUFFIXES, MatchError, _err, _int_option, check_run_dir
 
-METHOD_DESCRIPTIONS = {
-    "model": "the run's prediction",
-    "model+refine": "prediction, then gradient descent through the proxy; best plugin re-render of a few "
-                    "snapshots (prediction included)",
-    "model+search": "prediction, then CMA-ES through the real plugin",
-    "model+proxy_search": "prediction, then rounds of random candidates around it rendered by the proxy "
-                          "(no plugin, no gradient); the closest in the proxy",
-    "mean_preset": "mean training preset (most frequent choice of categoricals)",
-    "random_preset": "a random preset from the spec's prior",
-    "nearest_neighbour": "training preset whose plugin render is nearest in log-mel (Euclidean)",
-    "param_only": "a run trained with the parameter loss only",
-    "cma_mean": "CMA-ES through the real plugin from the mean preset",
-}
-
+from training.methods import METHOD_NOTES as METHOD_DESCRIPTIONS  # the one method table
 
 # ------------------------------------------------------------------------------ targets
 @dataclass
 class TargetSet:
-    """Targets conditioned for the run: audio [N, 2, T] (scored against), model_input [N, 2, T]
+    """Targets conditioned for the run: audio [N, C, T] (scored against), model_input [N, C, T]
     (what the encoder and the nearest-neighbour search see: transposed to the run's note),
     notes [N], names, normalized [N, n_params] or None (out of domain)."""
 
@@ -131,7 +118,7 @@ def _extra_metric_fn():
 
     from diffsynth import losses
 
-    def f(pred, target):  # [B, 2, T] -> per sound, channels averaged
+    def f(pred, target):  # [B, C, T] -> per sound, channels averaged
         return {"lsd_db": losses.log_spectral_distance(pred, target).mean(axis=1),
                 "spectral_convergence": losses.spectral_convergence(pred, target).mean(axis=1)}
 
@@ -215,7 +202,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
 
     cfg = from_dict(json.loads((args.run / "config.json").read_text()))
     enable_compilation_cache()
-    from training.data import build_dataset, sample_presets, spec_of
+    from training.data import build_dataset, sample_presets, synth_of
     from training.evaluate_core import (load_predictor, logmel_embeddings, mean_preset, nearest_neighbour)
     from training.report import Example
     from training.search import (NoteRenderer, cma_search, get_refiner, renders_to_reach, score_mss,
@@ -254,7 +241,10 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
         t_start_render = time.perf_counter() - t0
 
         # -- model + refinement through the proxy
-        if args.refine_steps > 0:
+        has_proxy = synth_of(data).has_proxy
+        for name in ("model+refine", "model+proxy_search") if not has_proxy else ():
+            notes.append(f"{name}: not available ({synth_of(data).name} has no differentiable proxy)")
+        if args.refine_steps > 0 and has_proxy:
             say(f"[eval] model+refine: {args.refine_steps} proxy steps per target (batches of {args.refine_batch})")
             best = pred.copy()
             best_mss = pred_mss.copy()
@@ -303,7 +293,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
 
         # -- model + proxy-guided search (proxy forward renders only: no plugin, no gradient)
         rounds = cfg.eval.proxy_search_rounds if args.proxy_search_rounds is None else args.proxy_search_rounds
-        if rounds > 0:
+        if rounds > 0 and has_proxy:
             from training.proxy_search import proxy_search
 
             say(f"[eval] model+proxy_search: {rounds} rounds of "
@@ -337,7 +327,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             notes.append("--no-dataset: the mean preset is the base preset; no nearest-neighbour baseline")
         methods["mean_preset"] = Method(np.tile(mean, (n, 1)), 0.0, 0.0)
         rng = np.random.default_rng([args.seed, 7])
-        methods["random_preset"] = Method(sample_presets(spec_of(data.synth), rng, n, frozen=dict(data.frozen)),
+        methods["random_preset"] = Method(sample_presets(synth_of(data), rng, n, frozen=dict(data.frozen)),
                                           0.0, 0.0)
         if dataset is not None:
             emb = logmel_embeddings(dataset.train.audio, sr)

@@ -29,28 +29,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from training.config import Config, from_dict
-from training.data import Dataset, PluginRenderer, factory_eval_presets, spec_of
+from training.data import Dataset, EngineRenderer, factory_eval_presets, synth_of
 from training.features import make_feature_fn
 from training.heads import HeadLayout, hard_normalized, head_layout, probabilities
 from training.models import make_model
 
-METHODS = ("model", "model+proxy_search", "mean_preset", "nearest_neighbour")
-#: What each row of the end-of-fit evaluation is (``summary.json``'s ``eval_methods``).
-METHOD_NOTES = {
-    "model": "the network's prediction alone",
-    "model+proxy_search": "the network's prediction improved through the proxy alone (training.proxy_search: "
-                          "eval.proxy_search_rounds x eval.proxy_search_candidates proxy renders per target; "
-                          "no plugin render, no training data)",
-    "mean_preset": "mean training preset (most frequent choice of each categorical)",
-    "nearest_neighbour": "training preset whose plugin render is nearest in log-mel (Euclidean)",
-}
+from training.methods import METHOD_NOTES, METHODS, PROXY_METHODS  # noqa: F401  (re-exported)
 METRIC_KEYS = ("mss", "logmel_l1", "mfcc_l1", "param_mae", "cat_acc")
 
 
 # ---------------------------------------------------------------------------------- predictor
 @dataclass
 class Predictor:
-    """A trained encoder: real-plugin audio [B, 2, T] -> presets [B, n_params] (normalized,
+    """A trained encoder: real-engine audio [B, C, T] -> presets [B, n_params] (normalized,
     snapped to the plugin's grid, non-predicted parameters at the base preset)."""
 
     cfg: Config
@@ -72,10 +63,11 @@ class Predictor:
         and, per categorical learned parameter, the encoder's choice probabilities [B, n_choices]."""
         audio = np.asarray(audio)
         n_samples = self.cfg.data.n_samples
-        if audio.ndim != 3 or audio.shape[1] != 2 or audio.shape[2] != n_samples:
-            raise ValueError(f"expected audio of shape [batch, 2, {n_samples}] ({self.cfg.data.duration_s} s at "
-                             f"{self.cfg.data.sample_rate} Hz, stereo), got {audio.shape}; render or resample "
-                             "the target with the run's data settings")
+        channels = synth_of(self.cfg.data).channels
+        if audio.ndim != 3 or audio.shape[1] != channels or audio.shape[2] != n_samples:
+            raise ValueError(f"expected audio of shape [batch, {channels}, {n_samples}] ({self.cfg.data.duration_s} s "
+                             f"at {self.cfg.data.sample_rate} Hz, {channels} channel(s)), got {audio.shape}; render "
+                             "or resample the target with the run's data settings")
         bs = self.cfg.eval.batch_size
         out, probs = [], []
         for a in range(0, len(audio), bs):
@@ -104,7 +96,7 @@ def _predict_fn(model_cfg: Any, layout: HeadLayout, feature_fn: Callable) -> Cal
 
 def load_predictor(run_dir: str | Path, which: str = "best") -> Predictor:
     """The :class:`Predictor` of a finished (or running) run: ``which`` = ``best`` or ``latest``."""
-    from training.train import Checkpoints, TrainState, make_optimizer
+    from training.state import Checkpoints, TrainState, make_optimizer
 
     run_dir = Path(run_dir)
     if which not in ("best", "latest"):
@@ -114,10 +106,11 @@ def load_predictor(run_dir: str | Path, which: str = "best") -> Predictor:
         raise FileNotFoundError(f"{cfg_path} not found; expected a run directory written by "
                                 "`python -m training.fit` (runs/<name>/)")
     cfg = from_dict(json.loads(cfg_path.read_text()))
-    layout = head_layout(spec_of(cfg.data.synth), cfg.data.frozen)
+    synth = synth_of(cfg.data)
+    layout = head_layout(synth.spec, cfg.data.frozen)
     feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
     model = make_model(cfg.model, layout)
-    example = feature_fn(jnp.zeros((1, 2, cfg.data.n_samples), jnp.float32))
+    example = feature_fn(jnp.zeros((1, synth.channels, cfg.data.n_samples), jnp.float32))
     stats_shape = example.shape[-1:] if cfg.features.kind != "raw" else ()
     params = model.init(jax.random.key(0), example)["params"]
     tx, _ = make_optimizer(cfg.optim)
@@ -139,7 +132,7 @@ def _metric_fn(sample_rate: int) -> Callable:
     from diffsynth import losses
 
     def per_item(pred: jax.Array, target: jax.Array) -> dict[str, jax.Array]:
-        # [B, 2, T] -> per-sound metrics: each channel scored as a signal, then averaged.
+        # [B, C, T] -> per-sound metrics: each channel scored as a signal, then averaged.
         out = {
             "mss": losses.multi_resolution_stft_loss(pred, target),
             "logmel_l1": losses.log_mel_l1(pred, target, sample_rate),
@@ -153,7 +146,7 @@ def _metric_fn(sample_rate: int) -> Callable:
 def audio_metrics(pred_audio: np.ndarray, target_audio: np.ndarray, sample_rate: int,
                   batch_size: int = 32) -> dict[str, np.ndarray]:
     """Per-sound ``mss`` (multi-resolution STFT distance, FFT 64..2048, linear + log magnitude),
-    ``logmel_l1`` (dB) and ``mfcc_l1`` between ``pred_audio`` and ``target_audio`` [B, 2, T]."""
+    ``logmel_l1`` (dB) and ``mfcc_l1`` between ``pred_audio`` and ``target_audio`` [B, C, T]."""
     pred_audio, target_audio = np.asarray(pred_audio, np.float32), np.asarray(target_audio, np.float32)
     if pred_audio.shape != target_audio.shape:
         raise ValueError(f"audio_metrics: prediction {pred_audio.shape} and target {target_audio.shape} differ; "
@@ -200,7 +193,7 @@ def mean_preset(layout: HeadLayout, train_normalized: np.ndarray) -> np.ndarray:
 def _logmel_fn(sample_rate: int) -> Callable:
     from diffsynth import spectral
 
-    def f(audio: jax.Array) -> jax.Array:  # [B, 2, T] -> flattened log-mel of the mono mix [B, D]
+    def f(audio: jax.Array) -> jax.Array:  # [B, C, T] -> flattened log-mel of the mono mix [B, D]
         mel = spectral.log_mel_spectrogram(audio.astype(jnp.float32).mean(axis=1), sample_rate=sample_rate)
         return mel.reshape(mel.shape[0], -1)
 
@@ -208,7 +201,7 @@ def _logmel_fn(sample_rate: int) -> Callable:
 
 
 def logmel_embeddings(audio: np.ndarray, sample_rate: int, batch_size: int = 64) -> np.ndarray:
-    """Flattened log-mel spectrograms [B, D] (float32) of audio [B, 2, T], for nearest neighbours."""
+    """Flattened log-mel spectrograms [B, D] (float32) of audio [B, C, T], for nearest neighbours."""
     fn = _logmel_fn(int(sample_rate))
     out = []
     for a in range(0, len(audio), batch_size):
@@ -231,7 +224,7 @@ def nearest_neighbour(train_embeddings: np.ndarray, target_embeddings: np.ndarra
 
 
 # ---------------------------------------------------------------------------------- scoring
-def score_presets(renderer: PluginRenderer, layout: HeadLayout, presets: np.ndarray, target_audio: np.ndarray,
+def score_presets(renderer: EngineRenderer, layout: HeadLayout, presets: np.ndarray, target_audio: np.ndarray,
                   target_normalized: np.ndarray | None, sample_rate: int) -> dict[str, np.ndarray]:
     """Re-render ``presets`` [B, n_params] through the real plugin and score against the targets.
 
@@ -252,7 +245,7 @@ def _summarise(m: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
     return out
 
 
-def evaluate_targets(predictor: Predictor, renderer: PluginRenderer, target_audio: np.ndarray,
+def evaluate_targets(predictor: Predictor, renderer: EngineRenderer, target_audio: np.ndarray,
                      target_normalized: np.ndarray, train_normalized: np.ndarray, train_embeddings: np.ndarray,
                      mean: np.ndarray) -> dict[str, dict[str, float]]:
     """Model, mean-preset and nearest-neighbour scores on one target set."""
@@ -267,7 +260,7 @@ def evaluate_targets(predictor: Predictor, renderer: PluginRenderer, target_audi
     t_render = (time.perf_counter() - t0) / 2
     results["model"] = _summarise(m, t_pred + t_render)
 
-    if cfg.eval.proxy_search_rounds > 0:
+    if cfg.eval.proxy_search_rounds > 0 and synth_of(cfg.data).has_proxy:
         from training.proxy_search import proxy_search
 
         found = proxy_search(cfg.data, layout, pred, probs, target_audio, rounds=cfg.eval.proxy_search_rounds,
@@ -288,11 +281,11 @@ def evaluate_targets(predictor: Predictor, renderer: PluginRenderer, target_audi
     return results
 
 
-def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: PluginRenderer | None = None,
+def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: EngineRenderer | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """End-of-fit evaluation: held-out random presets (test split) and factory presets, each
     re-rendered through the real plugin; model vs mean preset vs nearest neighbour. Uses
-    ``renderer`` (an entered :class:`PluginRenderer`) or opens its own."""
+    ``renderer`` (an entered :class:`EngineRenderer`) or opens its own."""
     t0 = time.perf_counter()
     layout = predictor.layout
     train = dataset.train
@@ -301,7 +294,7 @@ def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: Plug
     out: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         if renderer is None:
-            renderer = stack.enter_context(PluginRenderer(cfg.data))
+            renderer = stack.enter_context(EngineRenderer(cfg.data))
         n = cfg.eval.n_random
         test = dataset.test
         out["random"] = evaluate_targets(predictor, renderer, test.audio[:n].astype(np.float32),
@@ -315,8 +308,23 @@ def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: Plug
             out["factory"] = evaluate_targets(predictor, renderer, factory_audio[ok], factory[ok],
                                               train.normalized, train_emb, mean)
     methods = [m for m in METHODS if any(m in v for v in out.values())]
-    return {"eval": out, "eval_methods": {m: METHOD_NOTES[m] for m in methods},
-            "timing": {"eval_s": time.perf_counter() - t0}}
+    result = {"eval": out, "eval_methods": {m: METHOD_NOTES[m] for m in methods},
+              "timing": {"eval_s": time.perf_counter() - t0}}
+    unavailable = unavailable_methods(cfg)
+    if unavailable:
+        result["eval_unavailable"] = unavailable
+        for name, why in unavailable.items():
+            log(f"[eval] {name}: not available ({why})")
+    return result
+
+
+def unavailable_methods(cfg: Config) -> dict[str, str]:
+    """Methods the run's synth cannot use, with the reason (a synth without a proxy)."""
+    synth = synth_of(cfg.data)
+    if synth.has_proxy:
+        return {}
+    why = f"{synth.name} has no differentiable proxy"
+    return {name: why for name in PROXY_METHODS}
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
 """Network inputs computed in JAX inside the training step (``diffsynth.spectral``, librosa
-conventions), from the mono mix of stereo audio [B, 2, T]:
+conventions), from the mono mix of stereo audio [B, C, T]:
 
 * ``logmel``: log-mel power spectrogram in dB (ref = 1, floored at ``-floor_db`` dB),
   time-major ``[B, frames, n_mels]``.
@@ -29,7 +29,7 @@ FeatureFn = Callable[[jax.Array], jax.Array]
 
 @functools.lru_cache(maxsize=16)
 def make_feature_fn(cfg: FeatureConfig, sample_rate: int) -> FeatureFn:
-    """``features(audio [B, 2, T] float32) -> [B, frames, bins]`` (or ``[B, T]`` for raw)."""
+    """``features(audio [B, C, T] float32) -> [B, frames, bins]`` (or ``[B, T]`` for raw)."""
     amin = 10.0 ** (-cfg.top_db / 10.0)
     mel_kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop, n_mels=cfg.n_mels, fmin=cfg.f_min_hz, fmax=cfg.f_max_hz)
 

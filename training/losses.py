@@ -22,9 +22,9 @@ import optax
 from training.config import LossConfig
 from training.heads import HeadLayout, Prediction, relaxed_inputs
 
-#: ``render_fn(normalized [B, n_params], probs {name: [B, k]}, key) -> audio [B, 2, T]``
+#: ``render_fn(normalized [B, n_params], probs {name: [B, k]}, key) -> audio [B, C, T]``
 RenderFn = Callable[[jax.Array, dict[str, jax.Array], jax.Array], jax.Array]
-#: ``distance_fn(audio [B, 2, T], target [B, 2, T]) -> scalar`` (multi-resolution STFT distance)
+#: ``distance_fn(audio [B, C, T], target [B, C, T]) -> scalar`` (multi-resolution STFT distance)
 DistanceFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -102,7 +102,7 @@ def spectral_loss(prediction: Prediction, target_audio: jax.Array, layout: HeadL
                   balance_strength: jax.Array | None = None, straight_through: bool = False,
                   spectral_params: tuple[str, ...] = ("all",)) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Multi-resolution STFT distance between the relaxed proxy render of ``prediction`` and
-    ``target_audio`` [B, 2, T]. With ``balance_strength`` (the weight this loss gets), its
+    ``target_audio`` [B, C, T]. With ``balance_strength`` (the weight this loss gets), its
     gradient reaches each predicted parameter with equal strength (:func:`balance_gradients`);
     multiply the returned loss by the same weight. ``straight_through``: categorical choices
     rendered hard, with softmax gradients (``heads.relaxed_inputs``). ``spectral_params``: the

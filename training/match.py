@@ -44,7 +44,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3", ".au", ".caf", ".w64")
-PRESET_SUFFIX = ".amsynth"  # compared case-insensitively: PATCH.amSynth
 MAX_READ_S = 60.0  # longer files: only the first minute is read
 SILENCE_PEAK = 1e-4  # -80 dBFS
 LEAD_SILENCE_DB = -60.0  # leading samples quieter than this (re peak) are dropped
@@ -126,18 +125,21 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, dict[str, Any]
 
 
 def condition_audio(audio: np.ndarray, sample_rate: int, run_rate: int, n_samples: int,
-                    say: Callable[[str], None]) -> np.ndarray:
-    """Audio [C, T] at ``sample_rate`` -> [2, n_samples] float32 at ``run_rate``: channels to
-    stereo, resampled, leading silence dropped, trimmed or zero-padded. ``say`` hears every step."""
+                    say: Callable[[str], None], channels: int = 2) -> np.ndarray:
+    """Audio [C, T] at ``sample_rate`` -> [channels, n_samples] float32 at ``run_rate`` (the synth's
+    channels): channels matched, resampled, leading silence dropped, trimmed or zero-padded.
+    ``say`` hears every step."""
     import librosa
 
     c = audio.shape[0]
-    if c == 1:
-        audio = np.repeat(audio, 2, axis=0)
-        say("mono target: both plugin channels are compared with it")
-    elif c > 2:
-        audio = np.repeat(audio.mean(axis=0, keepdims=True), 2, axis=0)
-        say(f"{c}-channel target mixed down to mono (used for both channels)")
+    if c != channels:
+        if c == 1:
+            say(f"mono target: each of the synth's {channels} channels is compared with it")
+        elif channels == 1:
+            say(f"{c}-channel target mixed down to mono (the synth is mono)")
+        else:
+            say(f"{c}-channel target mixed down to mono (used for each of the synth's {channels} channels)")
+        audio = np.repeat(audio.mean(axis=0, keepdims=True), channels, axis=0)
     if sample_rate != run_rate:
         audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=run_rate, res_type="soxr_hq", axis=-1)
         say(f"resampled from {sample_rate} Hz to the run's {run_rate} Hz")
@@ -196,7 +198,10 @@ def prepare_target(path: str | os.PathLike, data: Any, note: int | str = "auto",
         messages.append(m)
         say(m)
 
-    audio = condition_audio(raw, sr, data.sample_rate, data.n_samples, tell)
+    from proxies.synth import get_synth
+
+    channels = get_synth(data.synth, data.spec or None).channels
+    audio = condition_audio(raw, sr, data.sample_rate, data.n_samples, tell, channels)
     if float(np.max(np.abs(audio))) < SILENCE_PEAK:
         raise _err("target", "a sound inside the matched window", "silence there", "trim the file to the sound")
     f0 = None
@@ -241,6 +246,7 @@ class Options:
     seed: int
     name: str
     which: str
+    preset_files: list[str] = field(default_factory=list)  # what the synth's preset writer wrote
 
 
 def _int_option(flag: str, text: str, lo: int, hi: int | None, fix: str) -> int:
@@ -301,12 +307,14 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     if target.is_dir():
         raise _err("TARGET", "an audio file", f"{a.target!r}, a directory",
                    "give one file (python -m training.evaluate --targets DIR scores a folder)")
+    run = check_run_dir(a.run, a.checkpoint)
+    suffix = run_synth(run).presets.write_suffix
     out = Path(a.out)
-    if out.suffix.lower() != PRESET_SUFFIX:
-        raise _err("--out", "a file name ending in .amSynth (amsynth's preset extension)", repr(a.out),
-                   f"e.g. --out {out.with_suffix('.amSynth')}")
+    if out.suffix.lower() != suffix.lower():
+        raise _err("--out", f"a file name ending in {suffix} ({run_synth(run).name}'s preset file)", repr(a.out),
+                   f"e.g. --out {out.with_suffix(suffix)}")
     if out.is_dir():
-        raise _err("--out", "a file name", f"{a.out!r}, a directory", f"e.g. --out {out / 'patch.amSynth'}")
+        raise _err("--out", "a file name", f"{a.out!r}, a directory", f"e.g. --out {out / ('patch' + suffix)}")
     note: int | str
     if str(a.note).strip().lower() == "auto":
         note = "auto"
@@ -326,7 +334,6 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     name = a.name if a.name is not None else out.stem
     if not name.strip() or any(c in name for c in "\n\r\0"):
         raise _err("--name", "a one-line, non-empty preset name", repr(name), "pass --name 'My patch'")
-    run = check_run_dir(a.run, a.checkpoint)
     return Options(target, run, out, note, steps, renders, lr, snapshots, workers, seed, name, a.checkpoint)
 
 
@@ -505,14 +512,20 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
 
 
 def _write_preset(opts: Options, normalized: np.ndarray) -> np.ndarray:
-    """Write PATCH.amSynth and PATCH.fxp; return the normalized values read back from the text file."""
-    from proxies.amsynth.presets import Preset, read_preset_file, write_fxp_params, write_preset_text
-
+    """Write the synth's preset files for PATCH (e.g. PATCH.amSynth and PATCH.fxp); return the
+    normalized values read back from the primary file (what the synth will load)."""
+    presets = run_synth(opts.run).presets
     opts.out.parent.mkdir(parents=True, exist_ok=True)
-    preset = Preset.from_normalized(opts.name, np.asarray(normalized, dtype=np.float64))
-    write_preset_text(opts.out, preset)
-    write_fxp_params(opts.out.with_suffix(".fxp"), preset)
-    return np.asarray(read_preset_file(opts.out).normalized, dtype=np.float64)
+    opts.preset_files[:] = presets.write(str(opts.out), opts.name, np.asarray(normalized, dtype=np.float64))
+    return np.asarray(presets.read(str(opts.out), None)[1], dtype=np.float64)
+
+
+def run_synth(run: str | os.PathLike):
+    """The synth a run directory was trained on (from its config.json; no JAX)."""
+    from proxies.synth import get_synth
+
+    data = json.loads((Path(run) / "config.json").read_text()).get("data", {})
+    return get_synth(data.get("synth", "amsynth"), data.get("spec") or None)
 
 
 def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
@@ -521,7 +534,8 @@ def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
     from training.report import spectrogram_png
 
     sr = result.sample_rate
-    paths = {"preset": str(opts.out), "fxp": str(opts.out.with_suffix(".fxp")),
+    extra = {os.path.splitext(f)[1].lstrip(".").lower() or "preset": f for f in opts.preset_files if f != str(opts.out)}
+    paths = {"preset": str(opts.out), **extra,
              "wav": str(opts.out.with_suffix(".wav")), "png": str(opts.out.with_suffix(".png")),
              "json": str(opts.out.with_suffix(".json"))}
     write_wav(paths["wav"], result.final.audio, sr)
@@ -531,8 +545,9 @@ def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
     rows.append((f"real plugin render (mss {result.final.metrics['mss']:.3f})", result.final.audio))
     Path(paths["png"]).write_bytes(spectrogram_png(rows, sr, title=f"{opts.target.name} -> {opts.out.name}, "
                                                                     f"note {result.target.note}"))
-    from proxies.amsynth.spec import AMSYNTH, uses_noise
     from training.search import rms_db
+
+    synth = run_synth(opts.run)
 
     report = {
         "target": result.target.source,
@@ -549,10 +564,11 @@ def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
                    for s in result.stages],
         "kept": max((s for s in result.stages if s.improved), key=lambda s: result.stages.index(s)).name,
         "final": {"metrics": result.final.metrics, "normalized": result.final.normalized.tolist(),
-                  "uses_noise": bool(uses_noise(result.final.normalized[None])[0]),
+                  "uses_noise": not bool(synth.reproducible(result.final.normalized[None])[0]),
                   "level_db": result.final.extra.get("level_db"),
                   "target_level_db": result.final.extra.get("target_level_db")},
-        "parameters": {n: float(v) for n, v in zip(AMSYNTH.names, result.final.normalized)},
+        "synth": synth.name,
+        "parameters": {n: float(v) for n, v in zip(synth.spec.names, result.final.normalized)},
         "timing": result.timing,
         "files": paths,
         "options": {"note": opts.note, "refine_steps": opts.refine_steps, "search_renders": opts.search_renders,

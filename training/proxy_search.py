@@ -51,16 +51,18 @@ class ProxySearchResult:
 
 
 @functools.lru_cache(maxsize=8)
-def _distance_fn(data: DataConfig) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """``f(normalized [B, n_params], target [B, 2, T], key) -> [B]``: proxy render, then the
-    multi-resolution STFT distance of the evaluation (each channel scored, then averaged)."""
+def _distance_fn(data: DataConfig) -> Callable[..., jax.Array]:
+    """``f(normalized [B, n_params], target [B, C, T], key, pitch [B], velocity [B]) -> [B]``: proxy
+    render, then the multi-resolution STFT distance of the evaluation (each channel scored, then
+    averaged). ``data`` is note-independent (pitch and velocity are traced: one compilation)."""
     from diffsynth.losses import multi_resolution_stft_loss
     from training.proxy_loss import make_proxy_render
 
     render = make_proxy_render(data)
 
-    def f(normalized: jax.Array, target: jax.Array, key: jax.Array) -> jax.Array:
-        audio = render(normalized, None, key)
+    def f(normalized: jax.Array, target: jax.Array, key: jax.Array, pitch: jax.Array,
+          velocity: jax.Array) -> jax.Array:
+        audio = render(normalized, None, key, pitch, velocity)
         return multi_resolution_stft_loss(audio, target).mean(axis=-1)
 
     return jax.jit(f)
@@ -69,9 +71,13 @@ def _distance_fn(data: DataConfig) -> Callable[[jax.Array, jax.Array, jax.Array]
 def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndarray, seed: int = 0,
                     batch_size: int = 128) -> np.ndarray:
     """Proxy multi-resolution STFT distance [M] of ``presets`` [M, n_params] (normalized)
-    against ``target_audio`` [M, 2, T], rendered ``batch_size`` at a time (one compiled shape;
+    against ``target_audio`` [M, C, T], rendered ``batch_size`` at a time (one compiled shape;
     ``benchmarks.train``, 16 kHz, 1 s: 8.2 / 7.4 / 8.6 ms per sound at 64 / 128 / 256)."""
-    fn = _distance_fn(data)
+    from training.proxy_loss import canonical_note
+
+    fn = _distance_fn(canonical_note(data))
+    pitch = jnp.full((batch_size,), int(data.note), jnp.int32)
+    velocity = jnp.full((batch_size,), int(data.velocity), jnp.int32)
     presets = np.asarray(presets, np.float32)
     target_audio = np.asarray(target_audio, np.float32)
     out = np.empty(len(presets), np.float64)
@@ -80,7 +86,7 @@ def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndar
         x = np.pad(presets[a:a + n], ((0, batch_size - n), (0, 0)))
         t = np.pad(target_audio[a:a + n], ((0, batch_size - n), (0, 0), (0, 0)))
         key = jax.random.fold_in(jax.random.key(seed), a)  # the proxy's noise sources
-        out[a:a + n] = np.asarray(fn(jnp.asarray(x), jnp.asarray(t), key))[:n]
+        out[a:a + n] = np.asarray(fn(jnp.asarray(x), jnp.asarray(t), key, pitch, velocity))[:n]
     return out
 
 
@@ -95,7 +101,7 @@ def proxy_search(data: DataConfig, layout: HeadLayout, start: np.ndarray, probs:
                  target_audio: np.ndarray, *, rounds: int = 4, candidates: int = 16, sigma: float = 0.25,
                  seed: int = 0, batch_size: int = 128) -> ProxySearchResult:
     """Search around ``start`` [N, n_params] (normalized) for presets whose proxy render is
-    closer to ``target_audio`` [N, 2, T] (rendered with ``data``'s note, velocity and length).
+    closer to ``target_audio`` [N, C, T] (rendered with ``data``'s note, velocity and length).
 
     ``probs`` holds, per categorical learned parameter of ``layout`` (in its order), the
     encoder's choice probabilities [N, n_choices]. Deterministic for a given ``seed``.

@@ -11,8 +11,8 @@ search (CMA-ES) through the real plugin. Used by ``training.match`` and ``traini
   every candidate rendered by the real plugin and scored by the multi-resolution STFT distance,
   at a fixed render budget per target. Several targets run in lockstep so each batch of renders
   fills the worker pool.
-* :class:`NoteRenderer`: the real plugin through ``training.data.PluginRenderer``, each preset
-  at its own MIDI note.
+* :class:`NoteRenderer`: the real engine through ``training.data.EngineRenderer``, each preset
+  at its own MIDI note, with restarts after failures.
 
 Value spaces: everything here is *normalized* plugin values ``[B, n_params]`` in [0, 1]; the
 search space of CMA-ES is a re-parameterisation of the learned parameters (see
@@ -33,22 +33,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from training.config import DataConfig
-from training.data import PluginRenderer, spec_of
+from training.data import EngineRenderer, synth_of
 from training.heads import HeadLayout, hard_normalized, head_layout, relaxed_inputs
+from training.proxy_loss import canonical_note
 
-#: ``render(normalized [N, n_params], rows [N]) -> (audio [N, 2, T] float32, ok [N] bool)``: the
-#: real plugin playing the note of target ``rows[i]``.
+#: ``render(normalized [N, n_params], rows [N]) -> (audio [N, C, T] float32, ok [N] bool)``: the
+#: real engine playing the note of target ``rows[i]``.
 RenderFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 _LOGIT_CLIP = 1e-2  # continuous start values are kept this far from 0 and 1 (finite logits, live gradients)
 
 
 # ------------------------------------------------------------------------------ plugin at notes
-class NoteRenderer(PluginRenderer):
-    """:class:`training.data.PluginRenderer` that plays a given MIDI note per preset.
+class NoteRenderer(EngineRenderer):
+    """:class:`training.data.EngineRenderer` that plays a given MIDI note per preset.
 
-    ``render_at(normalized [N, n_params], notes [N]) -> (audio [N, 2, T], ok [N])``; presets
-    are grouped by note (one pool batch per distinct note). Presets that failed (after the pool's
+    ``render_at(normalized [N, n_params], notes [N]) -> (audio [N, C, T], ok [N])``, one engine
+    batch with a note per preset. Presets that failed (after the pool's
     own retry in a fresh worker) or came back non-finite are tried again in a fresh pool (see
     :meth:`render_at`). Velocity, hold and duration come from the data config. :attr:`failures`
     keeps the reason of every failed attempt, :attr:`restarts` counts pool restarts.
@@ -64,63 +65,55 @@ class NoteRenderer(PluginRenderer):
 
     def __enter__(self) -> "NoteRenderer":
         super().__enter__()
-        pool = self._pool
-        render_batch = pool.render_batch
+        engine = self._engine
+        render_batch = engine.render
 
         def recording(*args: Any, **kwargs: Any):
             audio, failures = render_batch(*args, **kwargs)
             reasons = [str(getattr(f, "reason", f)) for f in failures or ()]
             self.failures.extend(reasons)
             if reasons and self._log is not None:
-                self._log(f"[render] {len(reasons)} of {len(audio)} plugin render(s) failed: {reasons[0]}")
+                self._log(f"[render] {len(reasons)} of {len(audio)} {self.synth.name} render(s) failed: {reasons[0]}")
             return audio, failures
 
-        pool.render_batch = recording  # failure reasons, for the reports
+        self._engine = engine._replace(render=recording)  # failure reasons, for the reports
         return self
 
     def render_at(self, normalized: np.ndarray, notes: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         normalized = np.asarray(normalized, dtype=np.float64)
         notes = np.broadcast_to(np.asarray(notes, dtype=np.int64), (len(normalized),))
-        audio = np.zeros((len(normalized), 2, self._base.n_samples), dtype=np.float32)
+        audio = np.zeros((len(normalized), self.channels, self._base.n_samples), dtype=np.float32)
         ok = np.zeros(len(normalized), dtype=bool)
-        try:
-            self._render_rows(normalized, notes, np.arange(len(normalized)), audio, ok)
+        self._render_rows(normalized, notes, np.arange(len(normalized)), audio, ok)
+        if not ok.all():
+            # A failed or non-finite render may have left a worker's plugin in a state where every
+            # later render comes back NaN: start fresh workers and try the bad rows again, then,
+            # if a few are still bad, once more one at a time (a preset that itself makes NaN
+            # cannot spoil the others' renders).
+            self._restart(f"{int((~ok).sum())} of {len(ok)} render(s) failed or were not finite")
+            self._render_rows(normalized, notes, np.flatnonzero(~ok), audio, ok)
             if not ok.all():
-                # A failed or non-finite render may have left a worker's plugin in a state where every
-                # later render comes back NaN: start fresh workers and try the bad rows again, then,
-                # if a few are still bad, once more one at a time (a preset that itself makes NaN
-                # cannot spoil the others' renders).
-                self._restart(f"{int((~ok).sum())} of {len(ok)} render(s) failed or were not finite")
-                self._render_rows(normalized, notes, np.flatnonzero(~ok), audio, ok)
-                if not ok.all():
-                    self._restart(f"{int((~ok).sum())} render(s) still bad")
-                    if (~ok).sum() <= 8:
-                        for i in np.flatnonzero(~ok):
-                            self._render_rows(normalized, notes, np.array([i]), audio, ok)
-                            if not ok[i]:
-                                self.culprits.append(normalized[i].copy())
-                                self._restart(None)
-        finally:
-            self.cfg = self._base
+                self._restart(f"{int((~ok).sum())} render(s) still bad")
+                if (~ok).sum() <= 8:
+                    for i in np.flatnonzero(~ok):
+                        self._render_rows(normalized, notes, np.array([i]), audio, ok)
+                        if not ok[i]:
+                            self.culprits.append(normalized[i].copy())
+                            self._restart(None)
         return audio, ok
 
     def _render_rows(self, normalized: np.ndarray, notes: np.ndarray, rows: np.ndarray, audio: np.ndarray,
                      ok: np.ndarray) -> None:
-        for note in np.unique(notes[rows]):
-            idx = rows[notes[rows] == note]
-            self.cfg = dataclasses.replace(self._base, note=int(note))  # notes() reads self.cfg
-            audio[idx], ok[idx] = self.render(normalized[idx])
+        if len(rows):
+            audio[rows], ok[rows] = self.render(normalized[rows], notes[rows])
 
     def _restart(self, why: str | None) -> None:
         """Replace the worker pool by a fresh one."""
         if why is not None and self._log is not None:
-            self._log(f"[render] {why}: restarting the plugin workers")
+            self._log(f"[render] {why}: restarting the {self.synth.name} engine")
         self.restarts += 1
-        cfg = self.cfg
-        self.cfg = self._base
         self.__exit__(None, None, None)
         self.__enter__()
-        self.cfg = cfg
 
 
 def rms_db(audio: np.ndarray) -> np.ndarray:
@@ -191,43 +184,20 @@ class ProxyRefiner:
 
     def __init__(self, data: DataConfig, fft_sizes: Sequence[int], batch_size: int = 1, lr: float = 0.3,
                  categorical_confidence: float = 3.0):
-        import optax
-
-        from diffsynth.losses import multi_resolution_stft_loss
-        from training.proxy_loss import make_proxy_render
-
         if batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
         self.data = data
-        self.layout = head_layout(spec_of(data.synth), data.frozen)
+        self.layout = head_layout(synth_of(data).spec, data.frozen)
+        self.channels = synth_of(data).channels
         self.batch_size = int(batch_size)
         self.lr = float(lr)
         self.confidence = float(categorical_confidence)
         self.fft_sizes = tuple(int(n) for n in fft_sizes)
         self._compiled: set[str] = set()
-        render_fn = make_proxy_render(data)
-        layout = self.layout
-        opt = optax.inject_hyperparams(optax.adam)(learning_rate=self.lr)  # lr in the state: no recompile
-        self._opt = opt
-
-        def distance(variables, target, key):
-            z, logits = variables
-            prediction = {"continuous": jax.nn.sigmoid(z), "logits": tuple(logits)}
-            normalized, probs = relaxed_inputs(layout, prediction)
-            audio = render_fn(normalized, probs, key)
-            d = multi_resolution_stft_loss(audio, target, fft_sizes=self.fft_sizes).mean(axis=-1)  # [B]
-            return jnp.sum(d), (d, audio)
-
-        def step(variables, opt_state, target, key):
-            # One graph does everything (distance, proxy audio and the update from that point):
-            # compiling the proxy's gradient is the dominant cost of a first use (~2 min on 2
-            # cores), and a second, forward-only graph would add ~40% to it.
-            (_, (d, audio)), grads = jax.value_and_grad(distance, has_aux=True)(variables, target, key)
-            grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
-            updates, opt_state = opt.update(grads, opt_state, variables)
-            return optax.apply_updates(variables, updates), opt_state, d, audio
-
-        self._step = jax.jit(step)
+        # pitch and velocity are traced: refiners of every note share one compiled step
+        self._step, self._opt = _refine_step(canonical_note(data), self.fft_sizes, self.lr)
+        self._pitch = jnp.full((self.batch_size,), int(data.note), jnp.int32)
+        self._velocity = jnp.full((self.batch_size,), int(data.velocity), jnp.int32)
 
     # -- variables <-> presets
     def _variables(self, normalized: np.ndarray, confidence: float, clip: float = _LOGIT_CLIP):
@@ -255,14 +225,15 @@ class ProxyRefiner:
         """Compile (by calling once) the step graph; returns the seconds it took (0 when compiled)."""
         t0 = time.perf_counter()
         if "step" not in self._compiled:
-            jax.block_until_ready(self._step(variables, self._opt_state(variables), target, key))
+            jax.block_until_ready(self._step(variables, self._opt_state(variables), target, key, self._pitch,
+                                             self._velocity))
             self._compiled.add("step")
         return time.perf_counter() - t0
 
     def _evaluate(self, variables, target, key):
-        """(distance [B], proxy audio [B, 2, T]) at ``variables``, through the step graph (its
+        """(distance [B], proxy audio [B, C, T]) at ``variables``, through the step graph (its
         update is discarded)."""
-        _, _, d, audio = self._step(variables, self._opt_state(variables), target, key)
+        _, _, d, audio = self._step(variables, self._opt_state(variables), target, key, self._pitch, self._velocity)
         return d, audio
 
     def _opt_state(self, variables, lr: float | None = None):
@@ -274,7 +245,7 @@ class ProxyRefiner:
 
     def refine(self, start: np.ndarray, target: np.ndarray, steps: int, snapshots: int = 4,
                seed: int = 0, lr: float | None = None) -> RefineResult:
-        """Refine presets ``start`` [B, n_params] towards ``target`` audio [B, 2, T].
+        """Refine presets ``start`` [B, n_params] towards ``target`` audio [B, C, T].
 
         ``snapshots`` hard presets are taken at evenly spaced steps (the last at ``steps``), plus
         the start itself (snapshot 0, exactly ``start``). The proxy's noise sources use one fixed
@@ -287,8 +258,8 @@ class ProxyRefiner:
         start = np.asarray(start, dtype=np.float64)
         b = len(start)
         target = np.asarray(target, dtype=np.float32)
-        if target.shape != (b, 2, self.data.n_samples):
-            raise ValueError(f"target: expected audio [{b}, 2, {self.data.n_samples}], got {target.shape}")
+        if target.shape != (b, self.channels, self.data.n_samples):
+            raise ValueError(f"target: expected audio [{b}, {self.channels}, {self.data.n_samples}], got {target.shape}")
         key = jax.random.key(seed)
         variables = self._variables(self._pad(start), self.confidence)
         target_j = jnp.asarray(self._pad(target))
@@ -312,7 +283,8 @@ class ProxyRefiner:
 
         finite = True
         for k in range(steps):  # the step at k returns the distance of the point after k updates
-            new_variables, opt_state, d, _ = self._step(variables, opt_state, target_j, key)
+            new_variables, opt_state, d, _ = self._step(variables, opt_state, target_j, key, self._pitch,
+                                                        self._velocity)
             d = np.asarray(d)[:b]
             if k == 0:
                 dists.append(d)
@@ -329,15 +301,48 @@ class ProxyRefiner:
                             tuple(times))
 
     def render(self, normalized: np.ndarray, seed: int = 0) -> np.ndarray:
-        """Proxy render [B, 2, T] of hard presets ``normalized`` (exact choices: one-hot logits at
+        """Proxy render [B, C, T] of hard presets ``normalized`` (exact choices: one-hot logits at
         high confidence), through the already compiled refinement graph."""
         normalized = np.asarray(normalized, dtype=np.float64)
         b = len(normalized)
         variables = self._variables(self._pad(normalized), 60.0, clip=1e-7)
-        dummy = jnp.zeros((self.batch_size, 2, self.data.n_samples), jnp.float32)
+        dummy = jnp.zeros((self.batch_size, self.channels, self.data.n_samples), jnp.float32)
         key = jax.random.key(seed)
         self._warm_up(variables, dummy, key)
         return np.asarray(self._evaluate(variables, dummy, key)[1])[:b]
+
+
+@functools.lru_cache(maxsize=8)
+def _refine_step(data: DataConfig, fft_sizes: tuple[int, ...], lr: float):
+    """(jitted ``step(variables, opt_state, target, key, pitch, velocity)``, optimiser) for a
+    note-independent data config (:func:`training.proxy_loss.canonical_note`)."""
+    import optax
+
+    from diffsynth.losses import multi_resolution_stft_loss
+    from training.proxy_loss import make_proxy_render
+
+    render_fn = make_proxy_render(data)
+    layout = head_layout(synth_of(data).spec, data.frozen)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)  # lr in the state: no recompile
+
+    def distance(variables, target, key, pitch, velocity):
+        z, logits = variables
+        prediction = {"continuous": jax.nn.sigmoid(z), "logits": tuple(logits)}
+        normalized, probs = relaxed_inputs(layout, prediction)
+        audio = render_fn(normalized, probs, key, pitch, velocity)
+        d = multi_resolution_stft_loss(audio, target, fft_sizes=fft_sizes).mean(axis=-1)  # [B]
+        return jnp.sum(d), (d, audio)
+
+    def step(variables, opt_state, target, key, pitch, velocity):
+        # One graph does everything (distance, proxy audio and the update from that point):
+        # compiling the proxy's gradient is the dominant cost of a first use (~2 min on 2
+        # cores), and a second, forward-only graph would add ~40% to it.
+        (_, (d, audio)), grads = jax.value_and_grad(distance, has_aux=True)(variables, target, key, pitch, velocity)
+        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
+        updates, opt_state = opt.update(grads, opt_state, variables)
+        return optax.apply_updates(variables, updates), opt_state, d, audio
+
+    return jax.jit(step), opt
 
 
 def snapshot_steps(steps: int, snapshots: int) -> tuple[int, ...]:
@@ -415,7 +420,7 @@ def cma_search(render: RenderFn, targets: np.ndarray, start: np.ndarray, layout:
                popsize: int | None = None, seed: int = 0, min_level_db: np.ndarray | float | None = None,
                log: Callable[[str], None] | None = None) -> SearchResult:
     """CMA-ES through the real plugin from presets ``start`` [B, n_params] towards ``targets``
-    [B, 2, T], ``budget`` plugin renders per target.
+    [B, C, T], ``budget`` plugin renders per target.
 
     ``start_mss`` [B] is the start's known plugin distance (else the start is rendered first and
     that render counts against the budget). Candidates are scored with :func:`score_mss`; a

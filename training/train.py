@@ -20,6 +20,7 @@ one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -33,55 +34,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from flax.training import train_state
 
 from proxies.files import atomic_write_json
 from training import evaluate_core
 from training.config import Config, ConfigError, LossConfig, OptimConfig
-from training.data import Dataset, PluginRenderer, build_dataset, iterate_batches, spec_of
-from training.features import feature_stats, make_feature_fn
+from training.data import Dataset, EngineRenderer, build_dataset, iterate_batches, synth_of
+from training.features import make_feature_fn
 from training.heads import HeadLayout, hard_normalized, head_layout, targets_from_normalized
 from training.losses import param_loss, schedule_weights, spectral_loss
-from training.models import make_model
 from training.proxy_loss import make_distance_fn, make_proxy_render
+from training.state import Checkpoints, TrainState, create_train_state, make_optimizer
 
 TRAIN_COLUMNS = ("step", "loss", "param_loss", "param_mse", "param_ce", "param_acc", "spectral", "w_param",
                  "w_spectral", "lr", "grad_norm", "steps_per_s", "wall_s")
 VAL_COLUMNS = ("step", "val_param_loss", "val_param_mse", "val_param_acc", "val_distance", "val_distance_kind",
                "best")
-
-
-class TrainState(train_state.TrainState):
-    """Flax train state plus the feature standardisation fitted on the training set."""
-
-    feature_mean: jax.Array
-    feature_std: jax.Array
-
-
-# ------------------------------------------------------------------------------ construction
-@functools.lru_cache(maxsize=16)
-def make_optimizer(cfg: OptimConfig) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
-    """(optax transformation, learning-rate schedule) from ``[optim]``."""
-    warmup = cfg.effective_lr_warmup_steps
-    if cfg.lr_schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warmup, 1), max(cfg.steps, 2),
-                                                end_value=cfg.lr * 0.05)
-    else:
-        lr = optax.linear_schedule(0.0, cfg.lr, warmup) if warmup else optax.constant_schedule(cfg.lr)
-    opt = optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw" else optax.adam(lr)
-    parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
-    return optax.chain(*parts, opt), lr
-
-
-def create_train_state(cfg: Config, layout: HeadLayout, feature_fn: Callable, train_audio: np.ndarray) -> TrainState:
-    """Model, parameters (from run.seed), optimiser and feature statistics."""
-    model = make_model(cfg.model, layout)
-    mean, std = feature_stats(feature_fn, train_audio)
-    example = (feature_fn(jnp.asarray(train_audio[:2], jnp.float32)) - mean) / std
-    params = model.init(jax.random.key(cfg.run.seed), example)["params"]
-    tx, _ = make_optimizer(cfg.optim)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, feature_mean=mean, feature_std=std)
 
 
 def predict(state: TrainState, params: Any, feature_fn: Callable, audio: jax.Array) -> dict[str, Any]:
@@ -154,8 +121,8 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     t_start = time.perf_counter()
     run_dir = cfg.run_dir
     _prepare_run_dir(cfg, run_dir)
-    spec = spec_of(cfg.data.synth)
-    layout = head_layout(spec, cfg.data.frozen)
+    synth = synth_of(cfg.data)
+    layout = head_layout(synth.spec, cfg.data.frozen)
     (run_dir / "layout.json").write_text(json.dumps(layout.describe(), indent=1))
 
     dataset = build_dataset(cfg.data, progress=progress, log=log)
@@ -177,13 +144,14 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     needs_spectral = any(schedule_weights(s, cfg.loss)[1] > 0 for s in (cfg.optim.steps - 1, start_step))
     render_fn = make_proxy_render(cfg.data) if needs_spectral else None
     distance_fn = make_distance_fn(cfg.loss) if needs_spectral else None
-    step_param, step_full, eval_fn = compiled_steps(cfg.loss, layout, feature_fn, render_fn, distance_fn)
+    loss_cfg = dataclasses.replace(cfg.loss, spectral_params=cfg.spectral_params)  # the synth's default resolved
+    step_param, step_full, eval_fn = compiled_steps(loss_cfg, layout, feature_fn, render_fn, distance_fn)
     _, lr_schedule = make_optimizer(cfg.optim)
     base_key = jax.random.key(cfg.run.seed + 1)
 
     train = dataset.train
     batches = iterate_batches(len(train), cfg.optim.batch_size, cfg.run.seed, start_step)
-    renderer = PluginRenderer(cfg.data).__enter__()  # validation and final evaluation share its workers
+    renderer = EngineRenderer(cfg.data).__enter__()  # validation and final evaluation share its workers
     bar = _bar(start_step, cfg.optim.steps, progress)
     try:
         t_last, steps_since, acc = time.perf_counter(), 0, None
@@ -232,7 +200,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
         train_seconds = time.perf_counter() - t_start - data_seconds
 
         best_state = ckpt.restore_best(state)
-        log(f"[fit] evaluating the best checkpoint (step {int(best_state.step)}) through the real plugin")
+        log(f"[fit] evaluating the best checkpoint (step {int(best_state.step)}) through the real {synth.name} engine")
         predictor = evaluate_core.Predictor(cfg, layout, best_state.params, best_state.feature_mean,
                                             best_state.feature_std, feature_fn)
         evaluation = evaluate_core.evaluate(predictor, dataset, cfg, renderer=renderer, log=log)
@@ -258,7 +226,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
 
 
 def validate(state: TrainState, dataset: Dataset, cfg: Config, eval_fn: Callable,
-             renderer: PluginRenderer | None) -> dict[str, Any]:
+             renderer: EngineRenderer | None) -> dict[str, Any]:
     """Validation losses; ``val_distance`` is the re-rendered multi-resolution STFT distance
     (``eval.val_distance = "plugin"``) or the parameter loss."""
     val = dataset.val
@@ -283,46 +251,6 @@ def validate(state: TrainState, dataset: Dataset, cfg: Config, eval_fn: Callable
     else:
         out.update(val_distance=out["val_param_loss"], val_distance_kind="param_loss")
     return out
-
-
-# ------------------------------------------------------------------------------ checkpoints
-class Checkpoints:
-    """``latest`` (resume point) and ``best`` (by validation distance) orbax checkpoints."""
-
-    def __init__(self, root: Path):
-        opts = dict(max_to_keep=1, enable_async_checkpointing=False, create=True)
-        self.latest = ocp.CheckpointManager(root.absolute() / "latest", options=ocp.CheckpointManagerOptions(**opts))
-        self.best = ocp.CheckpointManager(root.absolute() / "best", options=ocp.CheckpointManagerOptions(**opts))
-
-    @staticmethod
-    def _save(mngr: ocp.CheckpointManager, step: int, state: TrainState, best: float) -> None:
-        if mngr.latest_step() == step:
-            return
-        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                meta=ocp.args.JsonSave({"best": best, "step": step})))
-        mngr.wait_until_finished()
-
-    def save_latest(self, step: int, state: TrainState, best: float) -> None:
-        self._save(self.latest, step, state, best)
-
-    def save_best(self, step: int, state: TrainState, best: float) -> None:
-        self._save(self.best, step, state, best)
-
-    def _restore(self, mngr: ocp.CheckpointManager, state: TrainState) -> tuple[TrainState, float] | None:
-        step = mngr.latest_step()
-        if step is None:
-            return None
-        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state),
-                                                          meta=ocp.args.JsonRestore()))
-        return out["state"], float(out["meta"]["best"])
-
-    def restore_latest(self, state: TrainState) -> tuple[TrainState, float]:
-        got = self._restore(self.latest, state)
-        return got if got is not None else (state, math.inf)
-
-    def restore_best(self, state: TrainState) -> TrainState:
-        got = self._restore(self.best, state)
-        return got[0] if got is not None else state
 
 
 # ------------------------------------------------------------------------------ logging

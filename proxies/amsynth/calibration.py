@@ -45,7 +45,10 @@ __all__ = [
     "to_proxy",
     "from_proxy",
     "render_normalized",
+    "render_controls",
+    "proxy_config",
     "one_hot_probs",
+    "RELAXED_SIZES",
 ]
 
 RESIDUAL_PATH = Path(__file__).with_name("calibration_residual.json")
@@ -53,6 +56,9 @@ RESIDUAL_PATH = Path(__file__).with_name("calibration_residual.json")
 #: Stepped parameters that are ordered (relaxed mode: continuous values, expected value of
 #: their probabilities when given).
 ORDERED_STEPPED = {"osc2_range": (-3, 4), "osc2_pitch": (-12, 12)}
+
+#: Every stepped parameter whose probabilities relaxed mode takes, with its number of choices.
+RELAXED_SIZES = {**CATEGORICAL_SIZES, **{k: hi - lo + 1 for k, (lo, hi) in ORDERED_STEPPED.items()}}
 
 _IDX = {name: AMSYNTH.index_of(name) for name in AMSYNTH.names}
 _CONTINUOUS = tuple(p.name for p in AMSYNTH if not p.is_stepped)
@@ -322,16 +328,34 @@ _render_jit = jax.jit(render, static_argnums=1)
 
 
 def render_normalized(normalized, config: ProxyConfig = ProxyConfig(), probs: Mapping | None = None,
-                      key=None, residual: Residual | None = None) -> jax.Array:
+                      key=None, residual: Residual | None = None, pitch=None, velocity=None) -> jax.Array:
     """Calibration + proxy render: ``[B, 41]`` normalized -> stereo ``[B, 2, T]``.
 
+    ``pitch`` / ``velocity``: int ``[B]`` per row (traced; None: ``config.note`` / ``velocity``).
     Jit-friendly: call it inside ``jax.jit`` with ``config`` static (a hashable
     :class:`ProxyConfig`); called eagerly, the render itself runs jitted.
     """
     params = to_proxy(normalized, probs, residual)
+    if pitch is None and velocity is None and not isinstance(params.amp_sustain, jax.core.Tracer):
+        return _render_jit(params, config, key)
+    B = params.amp_sustain.shape[0]
+    pitch = jnp.full((B,), config.note, jnp.int32) if pitch is None else pitch
+    velocity = jnp.full((B,), config.velocity, jnp.int32) if velocity is None else velocity
     if isinstance(params.amp_sustain, jax.core.Tracer):
-        return render(params, config, key)
-    return _render_jit(params, config, key)
+        return render(params, config, key, pitch, velocity)
+    return _render_jit(params, config, key, pitch, velocity)
+
+
+def proxy_config(render_config) -> ProxyConfig:
+    """The amsynth :class:`ProxyConfig` of the seam's static :class:`proxies.synth.ProxyRender`."""
+    return ProxyConfig(sample_rate=int(render_config.sample_rate), duration_s=float(render_config.duration_s),
+                       hold_s=float(render_config.hold_s))
+
+
+def render_controls(params: ProxyParams, pitch, velocity, render_config, key=None) -> jax.Array:
+    """The seam's pure render (``proxies.synth.Proxy.render``): controls + traced pitch and velocity
+    ``[B]`` -> stereo ``[B, 2, T]``, ``render_config`` a static :class:`proxies.synth.ProxyRender`."""
+    return render(params, proxy_config(render_config), key, pitch, velocity)
 
 
 # ---------------------------------------------------------------------------------------

@@ -547,6 +547,21 @@ def vca_pole(sample_rate: float) -> np.float32:
     return np.float32(np.power(E_F, np.float32(-HALF_PI * x), dtype=np.float32))
 
 
+#: :func:`note_frequency` and :func:`note_velocity` of every MIDI note / velocity, indexed by
+#: traced pitch and velocity arrays (index 0 of the velocity table is unused: velocity >= 1).
+_NOTE_HZ_TABLE = np.array([note_frequency(n) for n in range(128)], dtype=np.float32)
+_VELOCITY_TABLE = np.array([note_velocity(max(v, 1)) for v in range(128)], dtype=np.float32)
+
+
+def _note_arrays(config: ProxyConfig, batch: int, pitch, velocity) -> tuple[jax.Array, jax.Array]:
+    """Pitch and velocity as int32 ``[B]`` (config's note where not given), clipped to MIDI."""
+    p = jnp.full((batch,), int(config.note), jnp.int32) if pitch is None else jnp.asarray(pitch, jnp.int32)
+    v = jnp.full((batch,), int(config.velocity), jnp.int32) if velocity is None else jnp.asarray(velocity, jnp.int32)
+    p = jnp.broadcast_to(p, (batch,))
+    v = jnp.broadcast_to(v, (batch,))
+    return jnp.clip(p, 0, 127), jnp.clip(v, 1, 127)
+
+
 def _mix(probs, waves):
     """Probability-weighted sum in a fixed order (equals the chosen wave for one-hot probs)."""
     out = probs[..., 0] * waves[0]
@@ -680,8 +695,8 @@ def _targets(params: ProxyParams, v: _Voice, lfo0, no_fm: bool = False):
     pd = params.probs["freq_mod_osc"]
     w1 = e(pd[:, 0] + pd[:, 1])
     w2 = e(pd[:, 0] + pd[:, 2])
-    f1 = v.f0 * (w1 * fm + (F32(1) - w1))
-    f2 = v.f0 * e(params.osc2_detune_ratio) * e(jnp.exp2(params.osc2_octave)) * e(semitone_ratio(params.osc2_semitones))
+    f1 = e(v.f0) * (w1 * fm + (F32(1) - w1))
+    f2 = e(v.f0) * e(params.osc2_detune_ratio) * e(jnp.exp2(params.osc2_octave)) * e(semitone_ratio(params.osc2_semitones))
     f2 = f2 * (w2 * fm + (F32(1) - w2))
     return f1, f2
 
@@ -846,7 +861,7 @@ def _random_kinds(probs) -> jax.Array:
 # Voice
 # ---------------------------------------------------------------------------------------
 
-def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax.Array:
+def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None, pitch=None, velocity=None) -> jax.Array:
     """The voice (LFO, oscillators, mixer, filter, VCA) before the master section.
 
     Block-rate quantities (LFO value at block starts, pitch targets, lerpers, pulse width and
@@ -859,6 +874,8 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
       params: :class:`ProxyParams` with batch ``B``.
       config: static :class:`ProxyConfig`.
       key: PRNG key for the noise waveforms (None: a fixed key).
+      pitch, velocity: MIDI note and velocity per row, int ``[B]`` (traced: one compilation serves
+        every note); None plays ``config.note`` / ``config.velocity``.
     Returns:
       Mono voice output ``[B, n_padded]`` (float32; includes master volume).
     """
@@ -875,9 +892,10 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
     seeds = jax.random.randint(key, (4, B), 1, 2**31 - 1, dtype=jnp.int32).astype(jnp.uint32)
     lfo_hz_t = jnp.minimum(params.lfo_hz, nyq)
     lfo_inc = _mul(twopi_rate, lfo_hz_t, one)
-    vel = _k(note_velocity(config.velocity), one)
+    pitch, velocity = _note_arrays(config, B, pitch, velocity)
+    vel = jnp.asarray(_VELOCITY_TABLE)[velocity] * one  # [B], opaque runtime values (see _k)
     v = _Voice(
-        f0=_k(note_frequency(config.note), one), vel=vel, twopi_rate=twopi_rate, nyq=nyq, one=one,
+        f0=jnp.asarray(_NOTE_HZ_TABLE)[pitch] * one, vel=vel, twopi_rate=twopi_rate, nyq=nyq, one=one,
         lfo_hz=params.lfo_hz, lfo_inc=lfo_inc,
         amp_vel=F32(1) * (F32(1) - params.amp_vel_sens) + vel * params.amp_vel_sens,
         lfo_seed=seeds[3], lfo_period=_sh_period(lfo_hz_t, sr),
@@ -1022,10 +1040,10 @@ def render_mono_voice(params: ProxyParams, config: ProxyConfig, key=None) -> jax
     kt = e(params.filter_key_track)
     vs = e(params.filter_vel_sens)
     E = e(params.filter_env_amount)
-    base = KEYTRACK_BASE_HZ * (F32(1) - kt) + v.f0 * kt
-    cut = e(params.filter_cutoff_mult) * base * (F32(1) * (F32(1) - vs) + vel * vs) * (
+    base = KEYTRACK_BASE_HZ * (F32(1) - kt) + e(v.f0) * kt
+    cut = e(params.filter_cutoff_mult) * base * (F32(1) * (F32(1) - vs) + e(vel) * vs) * (
         (lfo0 * F32(0.5) + F32(0.5)) * a_f + F32(1) - a_f)
-    cut = jnp.where(E > 0, cut + v.f0 * env_f * E, cut + cut * F32(1.0 / 16.0) * E * env_f)
+    cut = jnp.where(E > 0, cut + e(v.f0) * env_f * E, cut + cut * F32(1.0 / 16.0) * E * env_f)
     cut = jnp.maximum(jnp.minimum(cut, nyq * F32(0.99)), F32(10))
     res_r = jnp.maximum(F32(0.001), F32(1) / params.filter_q)
     # bypass returns the buffer untouched (README §6.5): it is mixed in after the sections, not
@@ -1229,11 +1247,14 @@ def master_section(mono, params: ProxyParams, config: ProxyConfig) -> jax.Array:
     return jnp.stack([left, right], axis=1)
 
 
-def render(params: ProxyParams, config: ProxyConfig = ProxyConfig(), key=None) -> jax.Array:
+def render(params: ProxyParams, config: ProxyConfig = ProxyConfig(), key=None, pitch=None,
+           velocity=None) -> jax.Array:
     """Render one note per batch row: stereo ``[B, 2, n_samples]`` float32.
 
-    Jit with ``config`` static: ``jax.jit(render, static_argnums=1)``.
+    ``pitch`` / ``velocity``: int ``[B]`` MIDI note and velocity per row (traced arrays: one
+    compilation serves every note); None plays ``config.note`` / ``config.velocity``. Jit with
+    ``config`` static: ``jax.jit(render, static_argnums=1)``.
     """
     tab = block_table(config)
-    mono = render_mono_voice(params, config, key)
+    mono = render_mono_voice(params, config, key, pitch, velocity)
     return master_section(mono, params, config)[:, :, : tab.n_samples]

@@ -1,0 +1,25 @@
+"""The one method table: what each evaluation row is, for the fit's evaluation
+(``training.evaluate_core``), ``training.evaluate`` and the reports. No heavy imports."""
+
+from __future__ import annotations
+
+#: Rows of the end-of-fit evaluation, in order.
+METHODS = ("model", "model+proxy_search", "mean_preset", "nearest_neighbour")
+#: Methods that render through the synth's differentiable proxy (unavailable without one).
+PROXY_METHODS = ("model+proxy_search", "model+refine")
+#: What each evaluation row is: the one method table of the fit's evaluation (``summary.json``'s
+#: ``eval_methods``) and of ``training.evaluate``.
+METHOD_NOTES = {
+    "model": "the network's prediction alone (no renders)",
+    "model+refine": "prediction, then gradient descent through the proxy; best real-engine re-render of a few "
+                    "snapshots (prediction included)",
+    "model+search": "prediction, then CMA-ES through the real engine",
+    "model+proxy_search": "the network's prediction improved through the proxy alone (training.proxy_search: "
+                          "eval.proxy_search_rounds x eval.proxy_search_candidates proxy renders per target; "
+                          "no real-engine render, no training data)",
+    "mean_preset": "mean training preset (most frequent choice of each categorical)",
+    "random_preset": "a random preset from the synth's sampling prior",
+    "nearest_neighbour": "training preset whose real-engine render is nearest in log-mel (Euclidean)",
+    "param_only": "a run trained with the parameter loss only",
+    "cma_mean": "CMA-ES through the real engine from the mean preset",
+}
