@@ -4,11 +4,11 @@
 
 For the run's data settings (sample rate, length, note) and loss FFT sizes:
 
-* ``refine B=k``: one gradient step of :class:`training.search.ProxyRefiner` on k targets at
+* ``refine B=k``: one gradient step of :class:`training.refine.ProxyRefiner` on k targets at
   once (the proxy's relaxed render + multi-resolution STFT distance + Adam), wall seconds per
   step and per step per target; compilation reported apart (the persistent cache makes it a
   one-off per machine and proxy version).
-* ``cma``: CMA-ES through the real plugin (:func:`training.search.cma_search`), plugin renders
+* ``cma``: CMA-ES through the real plugin (:func:`training.cma.cma_search`), plugin renders
   per second and seconds per 100 renders per target, 4 targets in lockstep.
 
 Random presets serve as starts and targets (their plugin renders). On a shared machine compare
@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.config import from_dict
     from training.data import sample_presets, spec_of
-    from training.match import enable_compilation_cache
-    from training.search import NoteRenderer, ProxyRefiner, cma_search
+    from training.cli import enable_compilation_cache
+    from training.cma import cma_search
+    from training.refine import ProxyRefiner
+    from training.search import NoteRenderer
     from training.heads import head_layout
 
     enable_compilation_cache()

@@ -199,6 +199,35 @@ def is_reproducible(plugin: str | os.PathLike | PluginInfo, normalized: Any) -> 
 
 # ------------------------------------------------------------------------------ the host
 @contextlib.contextmanager
+def preserve_fp_env():
+    """Restore this thread's floating-point environment (x86 MXCSR, with its flush-to-zero and
+    denormals-are-zero bits) when the block ends.
+
+    Loading some plugins changes it for good: the first load of DPF's Nekobi in a process sets
+    FTZ/DAZ, after which NumPy in that thread flushes denormals (``np.spacing(np.float32(0))``
+    becomes 0). Plugin code run in this process is wrapped in this; a no-op where ``fegetenv``
+    is unavailable.
+    """
+    import ctypes  # noqa: PLC0415
+    import ctypes.util  # noqa: PLC0415
+
+    env = None
+    try:
+        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        buf = ctypes.create_string_buffer(256)  # fenv_t: 32 bytes on x86-64 glibc, 8 on aarch64
+        if libm.fegetenv(buf) == 0:
+            env = buf
+    except (OSError, AttributeError):
+        pass
+    try:
+        yield
+    finally:
+        if env is not None:
+            libm.fesetenv(env)
+
+
+
+@contextlib.contextmanager
 def _captured_output():
     """Capture C-level stdout/stderr (DawDreamer and amsynth print on every plugin load).
 
@@ -281,7 +310,7 @@ class PluginHost:
         self._synth_name = f"{self.info.name}_{self._instances_made}"
         printed = ""
         try:
-            with _captured_output() as output:
+            with preserve_fp_env(), _captured_output() as output:  # some plugins set FTZ/DAZ on load
                 try:
                     synth = self._engine.make_plugin_processor(self._synth_name, self.path)
                 finally:

@@ -19,7 +19,7 @@ import time
 import weakref
 from collections import deque
 from multiprocessing.connection import wait as _wait_connections
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 

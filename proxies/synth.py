@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 import numpy as np
 
@@ -186,7 +186,8 @@ class PresetFormats(NamedTuple):
         read_all: ``(path) -> list[(name, normalized [P])]``: every preset of a file.
         write: ``(path, name, normalized [P]) -> list[str]``: writes the preset set for ``path``
             (its primary file and any companions, e.g. a ``.fxp`` or a single-voice sysex), each
-            atomically; returns the paths written.
+            atomically; returns the paths written. ``read(path, 0)`` gives the preset back (a
+            bank holds it in its first slot).
         write_suffix: the primary suffix ``write`` expects on ``path`` (e.g. ``.amSynth``).
         corpus: ``() -> (names, normalized [N, P])``: the synth's human-made presets (factory
             banks), or None when there are none.

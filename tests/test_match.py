@@ -382,7 +382,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, fake_run):
 
 # ------------------------------------------------------------------------------ pieces
 def test_condition_audio_and_note_estimate():
-    from training.match import condition_audio, estimate_note
+    from training.targets import condition_audio, estimate_note
 
     sr = 22050
     t = np.arange(int(0.3 * sr)) / sr

@@ -47,7 +47,7 @@ def test_bad_arguments_name_the_problem(tmp_path):
 def test_search_moves_towards_real_plugin_targets(tmp_path, amsynth_path):
     """From the mean preset towards real-plugin renders of random presets: the proxy distance
     never rises, the re-rendered plugin distance falls, and a fixed seed repeats the result."""
-    from training.data import PluginRenderer, sample_presets, spec_of
+    from training.data import EngineRenderer, sample_presets, spec_of
     from training.evaluate_core import audio_metrics, mean_preset
     from training.heads import head_layout
     from training.proxy_search import proxy_search
@@ -61,7 +61,7 @@ def test_search_moves_towards_real_plugin_targets(tmp_path, amsynth_path):
     cats = spec.category_of(train)
     probs = [np.tile(np.bincount(cats[:, i], minlength=k) / len(train), (len(targets), 1))
              for i, k in zip(layout.categorical, layout.n_choices)]
-    with PluginRenderer(cfg.data) as renderer:
+    with EngineRenderer(cfg.data) as renderer:
         target_audio, ok = renderer.render(targets)
         assert ok.all()
         found = proxy_search(cfg.data, layout, start, probs, target_audio, rounds=3, candidates=12, seed=0)

@@ -43,7 +43,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from training.match import AUDIO_SUFFIXES, MatchError, _err, _int_option, check_run_dir
+from training.cli import MatchError, _err, _int_option, check_run_dir
+from training.targets import AUDIO_SUFFIXES
 
 from training.methods import METHOD_NOTES as METHOD_DESCRIPTIONS  # the one method table
 
@@ -82,7 +83,7 @@ def load_targets(kind: str, n: int, cfg: Any, renderer: Any, note: int | str = "
         names = [nm for nm, k in zip(names, ok) if k]
         return TargetSet(kind, names, audio[ok], audio[ok], np.full(int(ok.sum()), data.note), presets[ok],
                          notes_text)
-    from training.match import prepare_target
+    from training.targets import prepare_target
 
     folder = Path(kind)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
@@ -198,15 +199,16 @@ class Method:
 def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tuple[dict[str, Any], list]:
     """Run the evaluation described by parsed ``args``; returns (result dict, report examples)."""
     from training.config import from_dict
-    from training.match import enable_compilation_cache
+    from training.cli import enable_compilation_cache
 
     cfg = from_dict(json.loads((args.run / "config.json").read_text()))
     enable_compilation_cache()
     from training.data import build_dataset, sample_presets, synth_of
     from training.evaluate_core import (load_predictor, logmel_embeddings, mean_preset, nearest_neighbour)
     from training.report import Example
-    from training.search import (NoteRenderer, cma_search, get_refiner, renders_to_reach, score_mss,
-                                 snapshot_steps)
+    from training.cma import cma_search, renders_to_reach
+    from training.refine import get_refiner, snapshot_steps
+    from training.search import NoteRenderer, score_mss
 
     data = cfg.data
     sr = data.sample_rate

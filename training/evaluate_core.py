@@ -33,6 +33,7 @@ from training.data import Dataset, EngineRenderer, factory_eval_presets, synth_o
 from training.features import make_feature_fn
 from training.heads import HeadLayout, hard_normalized, head_layout, probabilities
 from training.models import make_model
+from training.state import network_outputs
 
 from training.methods import METHOD_NOTES, METHODS, PROXY_METHODS  # noqa: F401  (re-exported)
 METRIC_KEYS = ("mss", "logmel_l1", "mfcc_l1", "param_mae", "cat_acc")
@@ -87,8 +88,7 @@ def _predict_fn(model_cfg: Any, layout: HeadLayout, feature_fn: Callable) -> Cal
     model = make_model(model_cfg, layout)
 
     def apply(params, mean, std, audio):
-        features = (feature_fn(audio.astype(jnp.float32)) - mean) / std
-        prediction = model.apply({"params": params}, features)
+        prediction = network_outputs(model.apply, params, mean, std, feature_fn, audio)
         return hard_normalized(layout, prediction), probabilities(prediction)
 
     return jax.jit(apply)

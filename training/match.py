@@ -1,4 +1,4 @@
-"""Match a target sound with a preset for the real amsynth plugin.
+"""Match a target sound with a preset for a real synth (the run's synth).
 
     python -m training.match TARGET.wav --run runs/amsynth --out PATCH.amSynth
         [--note auto|MIDI] [--refine-steps N] [--search-renders M]
@@ -43,195 +43,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3", ".au", ".caf", ".w64")
-MAX_READ_S = 60.0  # longer files: only the first minute is read
-SILENCE_PEAK = 1e-4  # -80 dBFS
-LEAD_SILENCE_DB = -60.0  # leading samples quieter than this (re peak) are dropped
-MAX_TRANSPOSE = 36  # semitones the model input may be shifted before we refuse
+from training.cli import MatchError, _err, _int_option, check_run_dir, enable_compilation_cache, run_synth
+from training.targets import Target, prepare_target
+
 #: refinement and search keep no candidate whose plugin render is more than this many dB (RMS)
 #: quieter than the target: the distance alone prefers silence to a wrong sound for short sounds
 QUIET_DB = 20.0
 
 
-class MatchError(ValueError):
-    """A bad target file or option: the message says what was expected, what came, and the fix."""
-
-
-def _err(what: str, expected: str, got: Any, fix: str) -> MatchError:
-    return MatchError(f"{what}: expected {expected}, got {got}; fix: {fix}")
-
-
-# ------------------------------------------------------------------------------ target audio
-@dataclass
-class Target:
-    """A target conditioned for a run.
-
-    Attributes:
-        audio: [2, n_samples] float32 at the run's sample rate: what every distance compares to.
-        model_input: [2, n_samples] float32, ``audio`` transposed to the run's training note
-            (identical to ``audio`` when the notes agree): what the encoder hears.
-        note: MIDI note the plugin and the proxy play.
-        note_source: ``given`` (``--note``), ``estimated`` (pYIN) or ``fallback`` (no pitch found).
-        f0_hz: median pYIN f0 (None when not estimated or unvoiced).
-        messages: what was done to the file, for the user.
-        source: file path, sample rate, channels and duration of the original.
-    """
-
-    audio: np.ndarray
-    model_input: np.ndarray
-    note: int
-    note_source: str
-    f0_hz: float | None
-    messages: list[str] = field(default_factory=list)
-    source: dict[str, Any] = field(default_factory=dict)
-
-
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, dict[str, Any]]:
-    """(audio [channels, T] float64, sample rate, info) of an audio file; :class:`MatchError`
-    for a missing, unreadable, empty, non-finite or silent file. Reads at most ``MAX_READ_S``."""
-    import soundfile as sf
-
-    p = Path(path)
-    if not p.exists():
-        raise _err("target", "an audio file (wav, flac, ogg, ...)", f"{str(p)!r}, which does not exist",
-                   "check the path")
-    if not p.is_file():
-        raise _err("target", "an audio file", f"{str(p)!r}, which is a directory", "give one file")
-    try:
-        info = sf.info(str(p))
-        frames = min(int(info.frames), int(MAX_READ_S * info.samplerate)) if info.frames > 0 else -1
-        data, sr = sf.read(str(p), frames=frames, dtype="float64", always_2d=True)
-    except Exception as e:  # libsndfile's errors are RuntimeError / LibsndfileError / TypeError
-        raise _err("target", "an audio file libsndfile can decode (wav, flac, ogg, aiff, mp3)",
-                   f"{str(p)!r} ({type(e).__name__}: {str(e).strip() or 'unreadable'})",
-                   "convert it, e.g. `ffmpeg -i in.m4a out.wav`") from None
-    audio = np.asarray(data, dtype=np.float64).T
-    meta = {"path": str(p), "sample_rate": int(sr), "channels": int(audio.shape[0]),
-            "seconds": float(info.frames) / sr if info.frames > 0 else audio.shape[1] / sr,
-            "format": f"{info.format}/{info.subtype}"}
-    if audio.shape[1] == 0:
-        raise _err("target", "audio with at least one sample", f"an empty file {str(p)!r}",
-                   "record or export the sound again")
-    if not np.all(np.isfinite(audio)):
-        bad = int((~np.isfinite(audio)).sum())
-        raise _err("target", "finite samples", f"{bad} NaN/inf sample(s) in {str(p)!r}",
-                   "re-export the file (a float wav with NaN comes from a broken render)")
-    peak = float(np.max(np.abs(audio)))
-    if peak < SILENCE_PEAK:
-        db = 20 * math.log10(peak) if peak > 0 else -math.inf
-        raise _err("target", f"a sound (peak above {20 * math.log10(SILENCE_PEAK):.0f} dBFS)",
-                   f"silence (peak {db:.1f} dBFS) in {str(p)!r}", "give a file that contains the sound")
-    return audio, int(sr), meta
-
-
-def condition_audio(audio: np.ndarray, sample_rate: int, run_rate: int, n_samples: int,
-                    say: Callable[[str], None], channels: int = 2) -> np.ndarray:
-    """Audio [C, T] at ``sample_rate`` -> [channels, n_samples] float32 at ``run_rate`` (the synth's
-    channels): channels matched, resampled, leading silence dropped, trimmed or zero-padded.
-    ``say`` hears every step."""
-    import librosa
-
-    c = audio.shape[0]
-    if c != channels:
-        if c == 1:
-            say(f"mono target: each of the synth's {channels} channels is compared with it")
-        elif channels == 1:
-            say(f"{c}-channel target mixed down to mono (the synth is mono)")
-        else:
-            say(f"{c}-channel target mixed down to mono (used for each of the synth's {channels} channels)")
-        audio = np.repeat(audio.mean(axis=0, keepdims=True), channels, axis=0)
-    if sample_rate != run_rate:
-        audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=run_rate, res_type="soxr_hq", axis=-1)
-        say(f"resampled from {sample_rate} Hz to the run's {run_rate} Hz")
-    peak = float(np.max(np.abs(audio)))
-    loud = np.flatnonzero(np.max(np.abs(audio), axis=0) > peak * 10 ** (LEAD_SILENCE_DB / 20))
-    start = int(loud[0]) if len(loud) else 0
-    if start > 0:
-        audio = audio[:, start:]
-        if start / run_rate >= 0.001:
-            say(f"dropped {start / run_rate * 1000:.0f} ms of leading silence (below {LEAD_SILENCE_DB:.0f} dB re "
-                "peak): the plugin's note starts at sample 0")
-    t = audio.shape[1]
-    if t > n_samples:
-        say(f"trimmed from {t / run_rate:.3f} s to the model's window of {n_samples / run_rate:.3f} s "
-            "(only the start of the sound is matched)")
-        audio = audio[:, :n_samples]
-    elif t < n_samples:
-        say(f"padded with silence from {t / run_rate:.3f} s to the model's window of {n_samples / run_rate:.3f} s")
-        audio = np.pad(audio, ((0, 0), (0, n_samples - t)))
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def estimate_note(audio: np.ndarray, sample_rate: int) -> tuple[int | None, float | None, float]:
-    """(nearest MIDI note, median f0 in Hz, voiced fraction) of audio [2, T] by pYIN over C1..C8.
-
-    The pitch counts as found when at least a quarter of the frames (and 3) are voiced with a
-    voicing probability of 0.5 or more and their f0 agree (median absolute deviation under a
-    semitone); otherwise (None, None, fraction): noise, drums and chords have no single note."""
-    import librosa
-
-    mono = np.asarray(audio, np.float64).mean(axis=0)
-    frame = 2048 if sample_rate >= 16000 else 1024
-    f0, voiced, prob = librosa.pyin(mono, fmin=librosa.note_to_hz("C1"), fmax=min(librosa.note_to_hz("C8"),
-                                 sample_rate / 4), sr=sample_rate, frame_length=frame)
-    good = voiced & np.isfinite(f0) & (prob >= 0.5)
-    fraction = float(good.mean()) if len(good) else 0.0
-    if good.sum() < 3 or fraction < 0.25:
-        return None, None, fraction
-    midi = librosa.hz_to_midi(f0[good])
-    if float(np.median(np.abs(midi - np.median(midi)))) >= 1.0:
-        return None, None, fraction
-    hz = float(np.median(f0[good]))
-    return int(np.clip(round(float(librosa.hz_to_midi(hz))), 0, 127)), hz, fraction
-
-
-def prepare_target(path: str | os.PathLike, data: Any, note: int | str = "auto",
-                   say: Callable[[str], None] = print) -> Target:
-    """Read and condition a target for a run whose data config is ``data`` (``--note``: ``auto``
-    or a MIDI note)."""
-    import librosa
-
-    raw, sr, meta = read_audio(path)
-    messages: list[str] = []
-
-    def tell(m: str) -> None:
-        messages.append(m)
-        say(m)
-
-    from proxies.synth import get_synth
-
-    channels = get_synth(data.synth, data.spec or None).channels
-    audio = condition_audio(raw, sr, data.sample_rate, data.n_samples, tell, channels)
-    if float(np.max(np.abs(audio))) < SILENCE_PEAK:
-        raise _err("target", "a sound inside the matched window", "silence there", "trim the file to the sound")
-    f0 = None
-    if note == "auto":
-        est, f0, frac = estimate_note(audio, data.sample_rate)
-        if est is None:
-            midi, source = int(data.note), "fallback"
-            tell(f"no stable pitch found (pYIN voiced in {frac:.0%} of frames): playing the run's training note "
-                 f"{midi}; pass --note MIDI to choose one")
-        else:
-            midi, source = est, "estimated"
-            tell(f"estimated note {midi} ({librosa.midi_to_note(midi)}, median f0 {f0:.1f} Hz, voiced in "
-                 f"{frac:.0%} of frames)")
-    else:
-        midi, source = int(note), "given"
-    shift = int(data.note) - midi
-    if abs(shift) > MAX_TRANSPOSE:
-        raise _err("note", f"within {MAX_TRANSPOSE} semitones of the run's training note {data.note}", midi,
-                   "pass --note closer to it, or train a run on a nearer note")
-    if shift:
-        model_input = np.stack([librosa.effects.pitch_shift(ch, sr=data.sample_rate, n_steps=float(shift))
-                                for ch in audio.astype(np.float64)]).astype(np.float32)
-        tell(f"the model hears the target transposed by {shift:+d} semitones to its training note {data.note}; "
-             f"the plugin plays note {midi}")
-    else:
-        model_input = audio
-    return Target(audio, model_input, midi, source, f0, messages, meta)
-
-
-# ------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
 class Options:
     target: Path
@@ -247,40 +66,6 @@ class Options:
     name: str
     which: str
     preset_files: list[str] = field(default_factory=list)  # what the synth's preset writer wrote
-
-
-def _int_option(flag: str, text: str, lo: int, hi: int | None, fix: str) -> int:
-    try:
-        v = int(str(text).strip())
-    except ValueError:
-        v = None
-    if v is None or v < lo or (hi is not None and v > hi):
-        rng = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
-        raise _err(flag, rng, repr(text), fix)
-    return v
-
-
-def check_run_dir(run: str | os.PathLike, which: str = "best") -> Path:
-    """The run directory, checked without loading JAX: config.json and a checkpoint exist."""
-    from training.config import ConfigError, from_dict
-
-    p = Path(run)
-    hint = "train one with `python -m training.fit --config configs/amsynth.toml` or pass --run runs/<name>"
-    if not p.is_dir():
-        raise _err("--run", "a run directory written by training.fit (runs/<name>/)",
-                   f"{str(p)!r}, which does not exist" if not p.exists() else f"{str(p)!r}, not a directory", hint)
-    cfg = p / "config.json"
-    if not cfg.is_file():
-        raise _err("--run", "a run directory holding config.json", f"{str(p)!r} without it", hint)
-    try:
-        from_dict(json.loads(cfg.read_text()))
-    except (ValueError, ConfigError) as e:
-        raise _err("--run", "a readable config.json", f"{cfg}: {e}", "retrain the run, or fix the file") from None
-    ck = p / "checkpoints" / which
-    if not ck.is_dir() or not any(ck.iterdir()):
-        other = "latest" if which == "best" else "best"
-        raise _err("--run", f"a checkpoint in {ck}", "none", f"train longer, or pass --checkpoint {other}")
-    return p
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -369,28 +154,6 @@ def _metrics(audio: np.ndarray, target: np.ndarray, sample_rate: int) -> dict[st
     return {k: float(v[0]) for k, v in m.items()}
 
 
-def enable_compilation_cache() -> None:
-    """JAX's persistent compilation cache, so the proxy's gradient compiles once per machine (and
-    per proxy version), not once per run: ``$SYNTHPROG_JAX_CACHE`` (``off`` disables it), default
-    ``~/.cache/synthprog/jax``. A cache directory already configured (``JAX_COMPILATION_CACHE_DIR``)
-    is left as it is."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    if jax.config.jax_compilation_cache_dir:
-        return
-    path = os.environ.get("SYNTHPROG_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "synthprog", "jax"))
-    if not path or path.lower() in ("0", "off", "none"):
-        return
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    compilation_cache.reset_cache()  # a process that compiled before now uses it too
-
-
 def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any = None) -> MatchResult:
     """Everything after the option checks: condition the target, predict, refine, search."""
     from training.config import from_dict
@@ -401,7 +164,9 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     target = prepare_target(opts.target, data, opts.note, say)  # bad audio fails here, before JAX loads
 
     from training.evaluate_core import load_predictor
-    from training.search import NoteRenderer, cma_search, get_refiner, rms_db
+    from training.cma import cma_search
+    from training.refine import get_refiner
+    from training.search import NoteRenderer, rms_db
 
     sr = data.sample_rate
     timing: dict[str, float] = {}
@@ -517,15 +282,7 @@ def _write_preset(opts: Options, normalized: np.ndarray) -> np.ndarray:
     presets = run_synth(opts.run).presets
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.preset_files[:] = presets.write(str(opts.out), opts.name, np.asarray(normalized, dtype=np.float64))
-    return np.asarray(presets.read(str(opts.out), None)[1], dtype=np.float64)
-
-
-def run_synth(run: str | os.PathLike):
-    """The synth a run directory was trained on (from its config.json; no JAX)."""
-    from proxies.synth import get_synth
-
-    data = json.loads((Path(run) / "config.json").read_text()).get("data", {})
-    return get_synth(data.get("synth", "amsynth"), data.get("spec") or None)
+    return np.asarray(presets.read(str(opts.out), 0)[1], dtype=np.float64)  # slot 0 of a written bank
 
 
 def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:

@@ -9,7 +9,7 @@ candidate replaces the best when its multi-resolution STFT distance to the targe
 the result is never further from the target than the start *in the proxy*. What it is worth is
 measured by re-rendering through the real plugin (``training.evaluate_core``).
 
-Why a search and not gradient refinement (``training.search.ProxyRefiner``): for many targets at
+Why a search and not gradient refinement (``training.refine.ProxyRefiner``): for many targets at
 once a forward render costs 7.4 ms per sound on 2 idle CPU cores (``benchmarks.train``, batch 128)
 against about 45 ms per sound for a spectral training step, and the forward pass compiles in
 about 20 s instead of about 2 minutes. Measured with the default run: on 256 held-out random

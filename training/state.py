@@ -3,6 +3,11 @@
 * :class:`TrainState`: Flax train state plus the feature standardisation of the training set.
 * :func:`make_optimizer`, :func:`create_train_state`.
 * :class:`Checkpoints`: ``latest`` (resume point) and ``best`` orbax checkpoints of a run.
+* Data parallelism (``jax.sharding``): :func:`make_mesh` (a 1-D device mesh over the batch axis,
+  ``jax.distributed`` for several hosts), :func:`replicate` (parameters and optimiser state on
+  every device), :func:`shard_batch` (a batch split over the devices). Orbax saves and restores
+  the state with the shardings of the restore target, so a checkpoint written on N devices
+  resumes on any other number.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from training.config import Config, OptimConfig
+from training.config import Config, ConfigError, OptimConfig, RunConfig
 from training.features import feature_stats
 from training.heads import HeadLayout
 from training.models import make_model
@@ -55,6 +60,72 @@ def create_train_state(cfg: Config, layout: HeadLayout, feature_fn: Callable, tr
     params = model.init(jax.random.key(cfg.run.seed), example)["params"]
     tx, _ = make_optimizer(cfg.optim)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, feature_mean=mean, feature_std=std)
+
+
+def network_outputs(apply_fn: Callable, params: Any, feature_mean: Any, feature_std: Any, feature_fn: Callable,
+                    audio: jax.Array) -> dict[str, Any]:
+    """The network's raw outputs (heads) for real-engine audio [B, C, T]: the one prediction
+    function (training steps, validation, evaluation, matching). Features are standardised with
+    the training set's statistics."""
+    features = (feature_fn(audio.astype(jnp.float32)) - feature_mean) / feature_std
+    return apply_fn({"params": params}, features)
+
+
+# ------------------------------------------------------------------------------ data parallelism
+BATCH_AXIS = "batch"
+
+
+def make_mesh(run: RunConfig, batch_size: int) -> jax.sharding.Mesh:
+    """The device mesh of a run: ``run.devices`` local devices of every process (0: all) on one
+    axis, :data:`BATCH_AXIS`. With ``run.distributed`` it first joins the job
+    (``jax.distributed.initialize``; must precede any JAX computation). ConfigError unless
+    ``batch_size`` divides by the mesh's device count."""
+    if run.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize(coordinator_address=run.coordinator_address or None,
+                                   num_processes=run.num_processes or None,
+                                   process_id=None if run.process_id < 0 else run.process_id)
+    local = jax.local_devices()
+    if run.devices > len(local):
+        raise ConfigError(f"run.devices: expected at most the {len(local)} local {local[0].platform} device(s) of "
+                          f"this process, got {run.devices}; set run.devices = 0 to use all of them")
+    per_process = run.devices or len(local)
+    by_process: dict[int, list] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d)
+    devices = [d for p in sorted(by_process) for d in by_process[p][:per_process]]
+    if batch_size % len(devices):
+        raise ConfigError(f"optim.batch_size: expected a multiple of the {len(devices)} devices the batch is split "
+                          f"over, got {batch_size}; change optim.batch_size or run.devices")
+    return jax.sharding.Mesh(np.asarray(devices), (BATCH_AXIS,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXIS))
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """``tree`` (e.g. a TrainState) with every array replicated on every device of ``mesh``."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(arrays: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Host arrays ``[B, ...]`` (the global batch, the same in every process) split over the
+    mesh's devices along the first axis; each process sends only its own rows."""
+    sharding = batch_sharded(mesh)
+    out = {}
+    for k, v in arrays.items():
+        v = np.asarray(v, dtype=jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
+        if jax.process_count() == 1:
+            out[k] = jax.device_put(v, sharding)
+        else:
+            n, i = jax.process_count(), jax.process_index()
+            per = v.shape[0] // n
+            out[k] = jax.make_array_from_process_local_data(sharding, v[i * per:(i + 1) * per], v.shape)
+    return out
 
 
 class Checkpoints:

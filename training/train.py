@@ -37,13 +37,14 @@ import optax
 
 from proxies.files import atomic_write_json
 from training import evaluate_core
-from training.config import Config, ConfigError, LossConfig, OptimConfig
+from training.config import Config, ConfigError, LossConfig
 from training.data import Dataset, EngineRenderer, build_dataset, iterate_batches, synth_of
 from training.features import make_feature_fn
 from training.heads import HeadLayout, hard_normalized, head_layout, targets_from_normalized
 from training.losses import param_loss, schedule_weights, spectral_loss
 from training.proxy_loss import make_distance_fn, make_proxy_render
-from training.state import Checkpoints, TrainState, create_train_state, make_optimizer
+from training.state import (Checkpoints, TrainState, batch_sharded, create_train_state, make_mesh, make_optimizer,
+                            network_outputs, replicate, replicated, shard_batch)
 
 TRAIN_COLUMNS = ("step", "loss", "param_loss", "param_mse", "param_ce", "param_acc", "spectral", "w_param",
                  "w_spectral", "lr", "grad_norm", "steps_per_s", "wall_s")
@@ -52,9 +53,8 @@ VAL_COLUMNS = ("step", "val_param_loss", "val_param_mse", "val_param_acc", "val_
 
 
 def predict(state: TrainState, params: Any, feature_fn: Callable, audio: jax.Array) -> dict[str, Any]:
-    """Network prediction for real-plugin audio [B, 2, T]."""
-    features = (feature_fn(audio.astype(jnp.float32)) - state.feature_mean) / state.feature_std
-    return state.apply_fn({"params": params}, features)
+    """Network outputs for real-engine audio [B, C, T] (:func:`training.state.network_outputs`)."""
+    return network_outputs(state.apply_fn, params, state.feature_mean, state.feature_std, feature_fn, audio)
 
 
 # ------------------------------------------------------------------------------ steps
@@ -101,13 +101,20 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_cfg: LossC
 
 @functools.lru_cache(maxsize=16)
 def compiled_steps(loss_cfg: LossConfig, layout: HeadLayout, feature_fn: Callable, render_fn: Callable | None,
-                   distance_fn: Callable | None) -> tuple[Callable, Callable | None, Callable]:
+                   distance_fn: Callable | None, mesh: jax.sharding.Mesh | None = None
+                   ) -> tuple[Callable, Callable | None, Callable]:
     """Jitted (parameter-only train step, full train step or None, eval step), cached so that
-    runs in one process with the same settings compile once."""
+    runs in one process with the same settings compile once. With a ``mesh`` the train steps
+    are data parallel: state replicated, the batch split over the mesh's batch axis
+    (:func:`training.state.shard_batch`), the gradient an all-reduce XLA inserts."""
     static = dict(loss_cfg=loss_cfg, layout=layout, feature_fn=feature_fn, distance_fn=distance_fn)
-    step_param = jax.jit(functools.partial(train_step, render_fn=None, **static), donate_argnums=0)
-    step_full = jax.jit(functools.partial(train_step, render_fn=render_fn, **static), donate_argnums=0) \
-        if render_fn is not None else None
+    shardings: dict[str, Any] = {}
+    if mesh is not None:
+        rep_, data_ = replicated(mesh), batch_sharded(mesh)
+        shardings = dict(in_shardings=(rep_, data_, rep_, rep_), out_shardings=(rep_, rep_))
+    step_param = jax.jit(functools.partial(train_step, render_fn=None, **static), donate_argnums=0, **shardings)
+    step_full = jax.jit(functools.partial(train_step, render_fn=render_fn, **static), donate_argnums=0,
+                        **shardings) if render_fn is not None else None
     eval_fn = jax.jit(functools.partial(eval_step, loss_cfg=loss_cfg, layout=layout, feature_fn=feature_fn))
     return step_param, step_full, eval_fn
 
@@ -119,6 +126,8 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     real plugin and write ``summary.json``. Returns the summary (None if stopped early by
     ``stop_after_step``, a hook the tests use to simulate an interrupted run)."""
     t_start = time.perf_counter()
+    mesh = make_mesh(cfg.run, cfg.optim.batch_size)  # first: jax.distributed, and the batch/device check
+    primary = jax.process_index() == 0  # writes the metrics and the summary
     run_dir = cfg.run_dir
     _prepare_run_dir(cfg, run_dir)
     synth = synth_of(cfg.data)
@@ -128,7 +137,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     dataset = build_dataset(cfg.data, progress=progress, log=log)
     data_seconds = time.perf_counter() - t_start
     feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
-    state = create_train_state(cfg, layout, feature_fn, dataset.train.audio)
+    state = replicate(create_train_state(cfg, layout, feature_fn, dataset.train.audio), mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f"[fit] {cfg.model.kind} on {cfg.features.kind}: {n_params:,} weights; predicts "
         f"{layout.n_continuous} continuous + {len(layout.n_choices)} categorical parameters; "
@@ -139,13 +148,16 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     start_step = int(state.step)
     if start_step:
         log(f"[fit] resuming {run_dir} from step {start_step} (best val distance so far {best:.4g})")
-    logger = MetricLogger(run_dir, start_step)
+    logger = MetricLogger(run_dir, start_step) if primary else _NullLogger()
+    if mesh.size > 1:
+        log(f"[fit] data parallel over {mesh.size} devices ({jax.process_count()} process(es)): "
+            f"{cfg.optim.batch_size // mesh.size} sounds per device per step")
 
     needs_spectral = any(schedule_weights(s, cfg.loss)[1] > 0 for s in (cfg.optim.steps - 1, start_step))
     render_fn = make_proxy_render(cfg.data) if needs_spectral else None
     distance_fn = make_distance_fn(cfg.loss) if needs_spectral else None
     loss_cfg = dataclasses.replace(cfg.loss, spectral_params=cfg.spectral_params)  # the synth's default resolved
-    step_param, step_full, eval_fn = compiled_steps(loss_cfg, layout, feature_fn, render_fn, distance_fn)
+    step_param, step_full, eval_fn = compiled_steps(loss_cfg, layout, feature_fn, render_fn, distance_fn, mesh)
     _, lr_schedule = make_optimizer(cfg.optim)
     base_key = jax.random.key(cfg.run.seed + 1)
 
@@ -157,7 +169,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
         t_last, steps_since, acc = time.perf_counter(), 0, None
         for step in range(start_step, cfg.optim.steps):
             idx = np.sort(next(batches))
-            batch = {"audio": jnp.asarray(train.audio[idx]), "normalized": jnp.asarray(train.normalized[idx])}
+            batch = shard_batch({"audio": train.audio[idx], "normalized": train.normalized[idx]}, mesh)
             w_param, w_spec = schedule_weights(step, cfg.loss)
             fn = step_full if w_spec > 0 else step_param
             state, metrics = fn(state, batch, jnp.asarray([w_param, w_spec], jnp.float32),
@@ -211,6 +223,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     summary = {
         "eval": evaluation["eval"],
         "eval_methods": evaluation["eval_methods"],
+        "eval_unavailable": evaluation.get("eval_unavailable", {}),
         "timing": {**evaluation["timing"], "data_s": data_seconds, "train_s": train_seconds,
                    "render_stats": dataset.manifest.get("render_stats")},
         "best_step": int(best_state.step),
@@ -219,7 +232,8 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
         "wall_seconds": time.perf_counter() - t_start,
         "config": cfg.to_dict(),
     }
-    _write_json_atomic(run_dir / "summary.json", summary)
+    if primary:
+        _write_json_atomic(run_dir / "summary.json", summary)
     log(evaluate_core.format_table(summary))
     log(f"[fit] wrote {run_dir / 'summary.json'} ({summary['wall_seconds']:.0f} s)")
     return summary
@@ -254,6 +268,18 @@ def validate(state: TrainState, dataset: Dataset, cfg: Config, eval_fn: Callable
 
 
 # ------------------------------------------------------------------------------ logging
+class _NullLogger:
+    """What processes other than process 0 log (nothing)."""
+
+    def train(self, row: dict[str, Any]) -> None:
+        pass
+
+    val = train
+
+    def close(self) -> None:
+        pass
+
+
 class MetricLogger:
     """CSV files (truncated to the resume step, so curves stay identical) and TensorBoard."""
 
@@ -317,6 +343,8 @@ def _bar(start: int, total: int, enabled: bool):
 
 # ------------------------------------------------------------------------------ run directory
 _RESUME_EXEMPT = {("eval", None), ("data", "workers"), ("data", "cache_dir"), ("run", "runs_dir"),
+                  ("data", "backend"), ("data", "ray_address"), ("run", "devices"), ("run", "distributed"),
+                  ("run", "coordinator_address"), ("run", "num_processes"), ("run", "process_id"),
                   ("optim", "log_every"), ("optim", "eval_every"), ("optim", "checkpoint_every")}
 
 

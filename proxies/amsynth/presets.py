@@ -12,7 +12,8 @@ Formats (``shared/amsynth/README.md`` §9; parsers of amsynth 1.13.2 ``src/Prese
 
 * **Bank** (``*.bank``): the exact header ``amSynth\\n``, then ``<preset> <name> NAME`` lines
   each followed by ``<parameter> NAME VALUE`` lines, then ``EOF``; at most 128 presets.
-* **.fxp** (big-endian): ``FxCk`` (41 normalized float32), ``FPCh`` (the preset text as a
+* **.fxp** (big-endian): ``FxCk`` (41 normalized float32; the generic VST2 reader/writer of
+  :mod:`proxies.fxp`, with amsynth's ID ``amsy``), ``FPCh`` (the preset text as a
   NUL-terminated chunk) and ``FBCh`` (what DawDreamer's ``save_state`` writes; read only).
 
 Values live in the *internal* space of :mod:`proxies.params` (text files) or the *normalized*
@@ -57,6 +58,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from proxies import fxp as _fxp
 from proxies.amsynth.spec import AMSYNTH
 from proxies.files import atomic_write_bytes
 
@@ -107,12 +109,11 @@ _UNKNOWN_FIX = (
 _PLAIN_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
-# .fxp layouts (VST2 SDK structs fxProgram / fxProgramSet / fxChunkSet, big-endian)
-_FXP_COMMON = struct.Struct(">4si4si4sii")  # chunkMagic byteSize fxMagic version fxID fxVersion count
-_FXCK_HEADER = 56  # common 28 + prgName[28]
+# .fxp layouts (VST2 SDK structs fxProgram / fxProgramSet / fxChunkSet, big-endian); the common
+# header and FxCk live in proxies.fxp, the chunk kinds here
+_FXP_COMMON = _fxp.COMMON  # chunkMagic byteSize fxMagic version fxID fxVersion count
 _FPCH_HEADER = 60  # common 28 + name[28] + chunkSize
 _FBCH_HEADER = 160  # common 28 + future[128] + chunkSize
-_FX_NAME_LEN = 28
 
 
 class PresetError(ValueError):
@@ -574,15 +575,7 @@ def write_bank(path: str | os.PathLike, presets: Iterable[Preset]) -> None:
 
 
 # -------------------------------------------------------------------------------------- fxp
-def _fx_name(name: str) -> bytes:
-    raw = name.encode("utf-8", "surrogateescape")[: _FX_NAME_LEN - 1]
-    while raw:  # do not cut a UTF-8 sequence in half
-        try:
-            raw.decode("utf-8")
-            break
-        except UnicodeDecodeError:
-            raw = raw[:-1]
-    return raw.ljust(_FX_NAME_LEN, b"\0")
+_fx_name = _fxp.fx_name  # 28 NUL-padded bytes, at most 27 of UTF-8, never cut inside a character
 
 
 def format_fxp_params(preset_or_normalized: Preset | Sequence[float] | np.ndarray,
@@ -600,9 +593,10 @@ def format_fxp_params(preset_or_normalized: Preset | Sequence[float] | np.ndarra
             raise PresetError(str(e)) from None
         if n.shape != (N_PARAMS,):
             raise PresetError(f"FxCk {name!r}: expected {N_PARAMS} normalized values, got shape {n.shape}")
-    body = np.asarray(n, dtype=">f4").tobytes()
-    head = _FXP_COMMON.pack(b"CcnK", _FXCK_HEADER + len(body) - 8, b"FxCk", 1, FX_ID, 1, N_PARAMS)
-    return head + _fx_name(name) + body
+    try:
+        return _fxp.format_fxck(n, name, FX_ID, n_params=N_PARAMS, param_names=_NAMES)
+    except _fxp.FxpError as e:
+        raise PresetError(str(e)) from None
 
 
 def format_fxp_chunk(preset: Preset) -> bytes:
@@ -635,38 +629,15 @@ def parse_fxp(data: bytes, source: str = "<fxp>") -> Preset:
         where = f"{source}" + (f" (byte {offset})" if offset is not None else "")
         return PresetError(f"{where}: {what}; {fix}", source=source)
 
-    if len(data) < _FXP_COMMON.size:
-        raise fail(None, f"truncated: {len(data)} bytes, a VST2 .fxp header needs {_FXP_COMMON.size}",
-                   "the file is incomplete; write it again")
-    magic, byte_size, fx_magic, version, fx_id, _fx_version, count = _FXP_COMMON.unpack_from(data)
-    if magic != b"CcnK":
-        raise fail(0, f"wrong magic {magic!r}, expected b'CcnK'", "this is not a VST2 .fxp/.fxb file")
-    if fx_id != FX_ID:
-        raise fail(16, f"made for the plugin with ID {fx_id!r}, not amsynth ({FX_ID!r})",
-                   "use a preset saved from amsynth")
-    if not 0 <= version <= 1:
-        raise fail(12, f"format version {version} (hosts read versions 0 and 1)", "re-save the preset")
-    if byte_size not in (0, len(data) - 8):
-        raise fail(4, f"byteSize field says {byte_size + 8} bytes but the file has {len(data)}",
-                   "the file is truncated or has extra bytes; write it again")
-    if fx_magic == b"FxCk":
-        if count != N_PARAMS:
-            raise fail(24, f"FxCk with {count} parameters, amsynth has {N_PARAMS}",
-                       "use a preset saved from amsynth 1.13")
-        need = _FXCK_HEADER + 4 * N_PARAMS
-        if len(data) != need:
-            raise fail(None, f"FxCk of {len(data)} bytes, expected {need} "
-                       f"({'truncated' if len(data) < need else 'extra bytes at the end'})",
-                       "write the file again")
-        name = data[28:_FXCK_HEADER].split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-        n = np.frombuffer(data, dtype=">f4", count=N_PARAMS, offset=_FXCK_HEADER).astype(np.float64)
-        bad = ~(np.isfinite(n) & (n >= 0) & (n <= 1))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise fail(_FXCK_HEADER + 4 * i, f"parameter {_NAMES[i]!r} has normalized value {float(n[i])!r}, "
-                       "outside [0, 1]", "normalized values must lie in [0, 1] (the plugin would clamp "
-                       "it silently)")
-        return Preset.from_normalized(name or Path(source).stem or "FxCk", n)
+    try:  # the common header and FxCk: the generic VST2 reader, with amsynth's ID and names
+        common = _fxp.parse_header(data, source, FX_ID, plugin="amsynth")
+        fx_magic = common.fx_magic
+        if fx_magic == b"FxCk":
+            name, n = _fxp.parse_fxck(data, source, n_params=N_PARAMS, param_names=_NAMES, plugin="amsynth",
+                                      plugin_version="1.13", header=common)
+            return Preset.from_normalized(name or Path(source).stem or "FxCk", n)
+    except _fxp.FxpError as e:
+        raise PresetError(str(e), source=source) from None
     if fx_magic in (b"FPCh", b"FBCh"):
         header = _FPCH_HEADER if fx_magic == b"FPCh" else _FBCH_HEADER
         if len(data) < header:
