@@ -52,11 +52,29 @@ class RunConfig:
     name: str = ""  # empty: the synth's name (data.synth; a probed plugin's file name)
     seed: int = 0  # model init and batch order
     runs_dir: str = "runs"
+    # data parallelism (jax.sharding): a mesh over the batch axis, parameters replicated
+    devices: int = 0  # local devices used by this process (0: all); optim.batch_size must divide by the total
+    distributed: bool = False  # several hosts: jax.distributed.initialize before anything else
+    coordinator_address: str = ""  # "host:port" of process 0 (empty: JAX detects it, e.g. on SLURM)
+    num_processes: int = 0  # processes in the job (0: JAX detects it)
+    process_id: int = -1  # this process's index (-1: JAX detects it)
 
     def validate(self) -> None:
         _require("/" not in self.name and self.name not in (".", ".."),
                  "run.name", "a plain name without '/' (or empty: the synth's name)", self.name,
                  "pick a plain directory name")
+        _require(0 <= self.devices <= 65536, "run.devices", "an integer >= 0 (0: all local devices)", self.devices)
+        _require(self.num_processes >= 0, "run.num_processes", "an integer >= 0 (0: detected by JAX)",
+                 self.num_processes)
+        _require(self.process_id >= -1 and (self.num_processes == 0 or self.process_id < self.num_processes),
+                 "run.process_id", f"an integer in [0, run.num_processes = {self.num_processes}) (-1: detected)",
+                 self.process_id)
+        _require(not self.coordinator_address or ":" in self.coordinator_address, "run.coordinator_address",
+                 "host:port of process 0 (or empty: detected by JAX)", self.coordinator_address)
+        if not self.distributed:
+            _require(not self.coordinator_address and self.num_processes in (0, 1) and self.process_id in (-1, 0),
+                     "run.distributed", "true when run.coordinator_address, run.num_processes or "
+                     "run.process_id is set", self.distributed, "set run.distributed = true for a multi-host run")
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,8 @@ class DataConfig:
     velocity: int = 100
     hold_s: float = 0.6
     workers: int = 2
+    backend: Literal["process", "ray"] = "process"  # render with the local process pool, or Ray tasks
+    ray_address: str = ""  # data.backend = "ray": cluster address (empty: this process's runtime or a local one)
     shard_size: int = 500
     audio_dtype: Literal["float16", "float32"] = "float16"
     cache_dir: str = "data"
@@ -108,6 +128,8 @@ class DataConfig:
                  f"seconds in (0, data.duration_s = {self.duration_s}]", self.hold_s,
                  "the note must be released inside the render so its release is heard")
         _require(1 <= self.workers <= 256, "data.workers", "an integer in [1, 256]", self.workers)
+        _require(self.backend == "ray" or not self.ray_address, "data.ray_address",
+                 'empty with data.backend = "process"', self.ray_address, 'set data.backend = "ray" to use Ray')
         _require(self.shard_size >= 1, "data.shard_size", "an integer >= 1", self.shard_size)
         for name, value in self.frozen.items():
             _require(0.0 <= value <= 1.0, f"data.frozen.{name}", "a normalized value in [0, 1]", value)

@@ -182,7 +182,13 @@ class EngineRenderer:
         return int(self.synth.channels)
 
     def __enter__(self) -> "EngineRenderer":
-        self._engine = self.synth.open_engine(self.cfg.sample_rate, workers=self.workers)
+        if self.cfg.backend == "ray":  # Ray tasks, each with its own engine (proxies.ray_engine)
+            from proxies.ray_engine import open_ray_engine  # noqa: PLC0415  (imports ray lazily)
+
+            self._engine = open_ray_engine(self.synth, self.cfg.sample_rate, self.workers,
+                                           address=self.cfg.ray_address)
+        else:
+            self._engine = self.synth.open_engine(self.cfg.sample_rate, workers=self.workers)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -258,9 +264,10 @@ class Dataset:
 
 
 def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | None) -> dict[str, Any]:
-    """Everything that determines the dataset's content (not ``workers`` or ``cache_dir``)."""
+    """Everything that determines the dataset's content (not ``workers``, ``backend``,
+    ``ray_address`` or ``cache_dir``: every backend renders the same files)."""
     fields = dataclasses.asdict(cfg)
-    for k in ("workers", "cache_dir"):
+    for k in ("workers", "backend", "ray_address", "cache_dir"):
         fields.pop(k)
     fields["frozen"] = dict(sorted(cfg.frozen.items()))
     if not fields["spec"]:  # a registered synth: its spec is in spec_sha256
