@@ -59,6 +59,12 @@ def _corpus() -> tuple[list[str], np.ndarray]:
     return hexter_corpus("all")
 
 
+def _algorithm_of(normalized: np.ndarray) -> np.ndarray:
+    """The fidelity report's per-group rows: one per DX7 algorithm (``"algorithm 1".."32"``)."""
+    choice = DEXED.category_of(np.asarray(normalized, np.float64))[..., DEXED.index_of("algorithm")]
+    return np.asarray([f"algorithm {int(c) + 1}" for c in np.ravel(choice)])
+
+
 def _load_proxy() -> Proxy:
     from proxies.dexed.calibration import load_proxy  # noqa: PLC0415  (imports JAX)
 
@@ -83,6 +89,7 @@ SYNTH = Synth(
     proxy=_load_proxy,
     sample=sample,
     spectral_params=SPECTRAL_PARAMS,
+    group_of=_algorithm_of,
     description="Dexed / DX7 FM (PyPI dexed-py 0.3.0, in-process): 155 VCED voice values, .syx banks, "
                 "432 hexter voices (128 DX7 ROM held out)",
     install_hint="pip install dexed-py==0.3.0; sudo apt-get install hexter",
