@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# One-time, idempotent setup: Debian packages (amsynth) and the Python environment in .venv/.
+# One-time, idempotent setup: Debian packages (amsynth; hexter's DX7 voices; dpf-plugins-vst's
+# Nekobi and Kars) and the Python environment in .venv/.
 # Re-running skips whatever is already in place. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 AMSYNTH_VST=/usr/lib/vst/amsynth_vst.so
-APT_PACKAGES=(amsynth)
+HEXTER_VOICES=/usr/share/hexter/dx7_roms.dx7
+NEKOBI_VST=/usr/lib/vst/Nekobi-vst.so
+APT_PACKAGES=(amsynth hexter dpf-plugins-vst)
 # python3-venv provides ensurepip on Debian; chromium renders the HTML report in a test.
 python3 -c 'import ensurepip' 2>/dev/null || APT_PACKAGES+=(python3-venv)
 command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
@@ -14,6 +17,8 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   case "$p" in
     amsynth) [ -f "$AMSYNTH_VST" ] || missing+=(amsynth) ;;
+    hexter) [ -f "$HEXTER_VOICES" ] || missing+=(hexter) ;;
+    dpf-plugins-vst) [ -f "$NEKOBI_VST" ] || missing+=(dpf-plugins-vst) ;;
     *) missing+=("$p") ;;
   esac
 done
@@ -33,7 +38,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-[ -f "$AMSYNTH_VST" ] || { echo "[setup] $AMSYNTH_VST still missing after installing amsynth" >&2; exit 1; }
+for f in "$AMSYNTH_VST" "$HEXTER_VOICES" "$NEKOBI_VST"; do
+  [ -f "$f" ] || { echo "[setup] $f still missing after installing the Debian packages" >&2; exit 1; }
+done
 
 python3 - <<'PY' || { echo "[setup] Python >= 3.11 is required (found $(python3 --version))" >&2; exit 1; }
 import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
@@ -52,4 +59,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test,ray]"
   echo "$want" > "$stamp"
 fi
-echo "[setup] ready: amsynth at $AMSYNTH_VST, Python env in .venv/"
+echo "[setup] ready: amsynth at $AMSYNTH_VST, hexter voices, Nekobi/Kars, dexed-py and the Python env in .venv/"
