@@ -108,7 +108,8 @@ def test_preset_write_read_render(synth, tmp_path):
     assert str(out) in written and all(__import__("os").path.isfile(p) for p in written)
     name, back = synth.presets.read(str(out), 0)  # the written preset (the first slot of a bank)
     assert back.shape == (synth.spec.n_params,)
-    assert np.allclose(back, presets[0], atol=1e-6), "write -> read changed the preset"
+    sound = list(synth.spec.learned_indices)  # a writer may set what does not sound (a DX7 voice's name)
+    assert np.allclose(back[sound], presets[0][sound], atol=1e-6), "write -> read changed the preset"
     engine = synth.open_engine(SR, workers=1)
     try:
         audio, failures = engine.render(np.stack([presets[0], back]), (NOTE,), DURATION)

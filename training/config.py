@@ -60,6 +60,7 @@ class RunConfig:
     process_id: int = -1  # this process's index (-1: JAX detects it)
 
     def validate(self) -> None:
+        _check_runs_dir(self.runs_dir)
         _require("/" not in self.name and self.name not in (".", ".."),
                  "run.name", "a plain name without '/' (or empty: the synth's name)", self.name,
                  "pick a plain directory name")
@@ -110,7 +111,9 @@ class DataConfig:
     @property
     def n_samples(self) -> int:
         """Samples per rendered sound (the one place this is derived)."""
-        return int(round(self.sample_rate * self.duration_s))
+        from proxies.synth import render_samples  # noqa: PLC0415  (light: NumPy only)
+
+        return render_samples(self.duration_s, self.sample_rate)
 
     def validate(self) -> None:
         _check_synth(self)
@@ -399,11 +402,27 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 def _read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file as nested dicts, with ``extends = "other.toml"`` (relative to the file)
     resolved: the other file's tables first, this file's keys on top."""
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a directory; expected a TOML file such as "
+                          f"configs/amsynth.toml (e.g. {path / 'amsynth.toml'})")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; expected a TOML file such as "
                           "configs/amsynth.toml")
     try:
-        raw = tomllib.loads(path.read_text())
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror or e}); fix its permissions "
+                          "or copy it somewhere readable") from None
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (some Windows editors write one): harmless
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}); TOML files are "
+                          "UTF-8: save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
     base = raw.pop("extends", None)
@@ -557,6 +576,28 @@ def _check_spectral_params(cfg: "Config") -> None:
     for name in names:
         _require(name in learned, "loss.spectral_params", f"names of learned {cfg.data.synth} parameters "
                  f"(not fixed or frozen), or [\"all\"]; learned: {', '.join(learned)}", name)
+
+
+def _check_runs_dir(runs_dir: str) -> None:
+    """``run.runs_dir``: a folder of runs, never the file system's root, the home folder or the
+    working directory itself (``fit --fresh`` deletes ``runs_dir/name``; a typo must not point
+    it at a folder that holds other things)."""
+    import os  # noqa: PLC0415
+
+    expected = "a folder that holds runs, such as \"runs\" (not empty, '.', '/' or the home folder)"
+    fix = "set run.runs_dir = \"runs\" (or another folder of its own)"
+    _require(isinstance(runs_dir, str) and runs_dir.strip() != "" and "\0" not in runs_dir, "run.runs_dir",
+             expected, runs_dir, fix)
+    p = Path(runs_dir).expanduser()
+    try:
+        resolved = p.resolve()
+        cwd = Path.cwd().resolve()
+    except (OSError, RuntimeError):
+        return  # an unresolvable path is refused where it is created, with its own message
+    home = Path(os.path.expanduser("~")).resolve()
+    _require(resolved != Path(resolved.anchor), "run.runs_dir", expected, runs_dir, fix)
+    _require((p.is_absolute() or resolved != cwd) and resolved != home, "run.runs_dir", expected,
+             f"{runs_dir} (= {resolved}, the {'working' if resolved == cwd else 'home'} folder)", fix)
 
 
 def _require(ok: bool, key: str, expected: str, got: Any, fix: str = "") -> None:

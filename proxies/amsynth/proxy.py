@@ -69,6 +69,7 @@ from diffsynth.control import strict_divide
 from diffsynth import envelopes as dsenv
 from diffsynth import filters as dsfilt
 from proxies.amsynth import noise as lcg
+from proxies.synth import note_off_sample
 
 __all__ = [
     "ProxyConfig",
@@ -136,7 +137,9 @@ class ProxyConfig(NamedTuple):
 
     @property
     def n_samples(self) -> int:
-        return int(round(self.duration_s * self.sample_rate))
+        from proxies.synth import render_samples  # the one derivation of render lengths
+
+        return render_samples(self.duration_s, self.sample_rate)
 
 
 class ProxyParams(NamedTuple):
@@ -261,7 +264,7 @@ def block_table(config: ProxyConfig) -> BlockTable:
     sr = int(config.sample_rate)
     n = config.n_samples
     buf = int(config.buffer_size)
-    note_off = int(np.floor(np.float64(config.hold_s) * sr))
+    note_off = note_off_sample(config.hold_s, sr)  # proxies.synth: the one derivation (floor, as DawDreamer)
     events = [e for e in (0, note_off) if e >= 0]
     starts, lengths = [], []
     frame = 0
