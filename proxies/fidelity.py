@@ -36,9 +36,9 @@ from typing import Sequence
 
 import numpy as np
 
-from proxies.files import atomic_write_json
-from proxies.notes import Note
-from proxies.synth import Synth, get_synth, list_synths
+from proxies.files import OutputPathError, atomic_write_json, check_output_path, guarded_main
+from proxies.notes import Note, check_sample_rate
+from proxies.synth import Synth, SynthNotFoundError, get_synth, list_synths
 
 __all__ = ["snr_db", "select_presets", "evaluate", "main"]
 
@@ -89,9 +89,12 @@ def select_presets(synth: Synth, source: str, n: int, seed: int) -> dict[str, tu
         out = {}
         for group, want in (("clean", False), ("noise", True)):
             idx = [int(i) for i in order if bool(flags[i]) == want][:n]
-            if group == "clean" and len(idx) < n:
-                raise ValueError(f"--n {n}: {synth.name}'s corpus has only {len(idx)} {group} presets; "
-                                 f"use --n {len(idx)} or fewer")
+            if len(idx) < n and (group == "clean" or idx):  # never fewer than asked without saying so
+                n_clean = int((~flags).sum())
+                n_noise = int(flags.sum())
+                most = min(n_clean, n_noise) if n_noise else n_clean
+                raise ValueError(f"--n {n}: {synth.name}'s corpus has only {len(idx)} {group} presets "
+                                 f"({n_clean} clean, {n_noise} noise); use --n {most} or fewer, or --presets random")
             if idx:
                 out[group] = (np.asarray(normalized[idx]), [names[i] for i in idx])
         return out
@@ -271,20 +274,76 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="OUT", help="write the report here")
     p.add_argument("--workers", type=int, default=2, help="plugin render processes (default 2)")
     p.add_argument("--batch", type=int, default=16, help="proxy batch size (default 16)")
-    p.add_argument("--diagnose", type=int, default=5, help="worst clean presets to diagnose (default 5)")
+    p.add_argument("--diagnose", type=int, default=None,
+                   help="worst clean presets to diagnose (default 5, or --n when smaller)")
     return p
 
 
+#: upper bounds of the options (a typo must not cost days)
+MAX_N = 20000
+MAX_WORKERS = 256
+MAX_BATCH = 1024
+
+
+class FidelityError(ValueError):
+    """A bad option: the message names it, what was expected and the fix."""
+
+
+def check_args(args: argparse.Namespace) -> Synth:
+    """Every option checked before anything renders; returns the synth. Raises FidelityError."""
+    try:
+        synth = get_synth(args.synth)
+    except (SynthNotFoundError, OSError, ValueError) as e:
+        raise FidelityError(f"synth: {e}") from None
+    if synth.proxy is None:
+        raise FidelityError(f"{synth.name} has no differentiable proxy: there is nothing to compare its engine with; "
+                            f"pick a synth with one")
+    if not 2 <= args.n <= MAX_N:
+        raise FidelityError(f"--n must be in 2..{MAX_N} (the reference distance needs two presets; each preset costs "
+                            f"several renders), got {args.n}")
+    if args.seed < 0:
+        raise FidelityError(f"--seed must be >= 0, got {args.seed}")
+    try:
+        check_sample_rate(args.sr)
+    except ValueError as e:
+        raise FidelityError(f"--sr: {e}") from None
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise FidelityError(f"--workers must be in 1..{MAX_WORKERS} plugin processes, got {args.workers}; try 2")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise FidelityError(f"--batch must be in 1..{MAX_BATCH} (proxy renders per call), got {args.batch}; try 16")
+    if args.diagnose is None:
+        args.diagnose = min(5, args.n)
+    if not 0 <= args.diagnose <= args.n:
+        raise FidelityError(f"--diagnose must be in 0..--n ({args.n}) worst presets, got {args.diagnose}")
+    if args.json is not None:
+        if not args.json.lower().endswith(".json"):
+            raise FidelityError(f"--json must be a file name ending in .json, got {args.json!r}")
+        try:
+            check_output_path(args.json, "--json")
+        except OutputPathError as e:
+            raise FidelityError(str(e)) from None
+    if args.presets == "factory" and synth.presets.corpus is None:
+        raise FidelityError(f"--presets factory: {synth.name} has no human preset corpus; use --presets random")
+    return synth
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.n < 2:
-        raise SystemExit(f"--n must be >= 2 (the reference distance needs two presets); got {args.n}")
-    report = evaluate(args.synth, args.n, args.presets, args.seed, args.sr, args.workers, args.batch, args.diagnose,
-                      mode=args.mode)
-    if args.json:
-        atomic_write_json(args.json, report)
-        print(f"wrote {args.json}")
-    return 0
+    def body() -> int:
+        args = _parser().parse_args(argv)
+        synth = check_args(args)
+        try:
+            if args.presets == "factory":  # the corpus holds enough presets: known before any render
+                select_presets(synth, args.presets, args.n, args.seed)
+        except ValueError as e:
+            raise FidelityError(str(e)) from None
+        report = evaluate(synth, args.n, args.presets, args.seed, args.sr, args.workers, args.batch, args.diagnose,
+                          mode=args.mode)
+        if args.json:
+            atomic_write_json(args.json, report)
+            print(f"wrote {args.json}")
+        return 0
+
+    return guarded_main("python -m proxies.fidelity", body, (FidelityError,), argv)
 
 
 if __name__ == "__main__":

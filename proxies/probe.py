@@ -592,18 +592,31 @@ def _check_args(args: argparse.Namespace) -> None:
         check_sample_rate(args.sr)
     except ValueError as e:
         raise ProbeError(f"--sr: {e}") from None
-    if args.points < 3:
-        raise ProbeError(f"--points must be >= 3, got {args.points}")
-    if args.presets < 0:
-        raise ProbeError(f"--presets must be >= 0, got {args.presets}")
+    if not 3 <= args.points <= 257:
+        raise ProbeError(f"--points must be in 3..257 (each parameter is swept at {FINE}x that many values), "
+                         f"got {args.points}")
+    if not 0 <= args.presets <= 64:
+        raise ProbeError(f"--presets must be in 0..64 (each costs several renders), got {args.presets}")
+    if args.seed < 0:
+        raise ProbeError(f"--seed must be >= 0, got {args.seed}")
     out = os.path.abspath(args.out)
     if os.path.isdir(out):
         raise ProbeError(f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'spec.json')}")
+    if not out.lower().endswith(".json"):
+        raise ProbeError(f"--out {args.out}: expected a file name ending in .json (the spec is JSON)")
     folder = os.path.dirname(out)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise ProbeError(f"--out {args.out}: {folder} is a file, not a folder; choose another folder")
     if not os.path.isdir(folder):
         raise ProbeError(f"--out {args.out}: the folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
         raise ProbeError(f"--out {args.out}: not writable; choose a folder you can write to")
+    from proxies.files import OutputPathError, check_output_path  # noqa: PLC0415
+
+    try:
+        check_output_path(out, "--out")
+    except OutputPathError as e:  # a name too long, a read-only file system
+        raise ProbeError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

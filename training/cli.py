@@ -31,27 +31,93 @@ def _int_option(flag: str, text: str, lo: int, hi: int | None, fix: str) -> int:
     return v
 
 
-def check_run_dir(run: str | os.PathLike, which: str = "best") -> Path:
-    """The run directory, checked without loading JAX: config.json and a checkpoint exist."""
+#: the file training.fit writes into every run folder it creates: only such folders (and older
+#: runs holding config.json and checkpoints/) are ever deleted by ``fit --fresh``
+RUN_MARKER = ".synthprog-run"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """A folder ``training.fit`` made: it holds :data:`RUN_MARKER`, or (runs from before the
+    marker) both config.json and checkpoints/."""
+    p = Path(path)
+    if not p.is_dir() or p.is_symlink():
+        return False
+    return (p / RUN_MARKER).is_file() or ((p / "config.json").is_file() and (p / "checkpoints").is_dir())
+
+
+def read_run_config(p: Path, flag: str = "--run") -> dict:
+    """A run's config.json as a dict; MatchError (not a traceback) for a file that is not UTF-8,
+    not JSON, or not a valid config."""
     from training.config import ConfigError, from_dict
 
+    cfg = p / "config.json"
+    fix = "retrain the run (python -m training.fit), or restore config.json from a backup"
+    try:
+        raw = json.loads(cfg.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise _err(flag, "a readable config.json", f"{cfg} ({e.strerror or e})", "fix the file's permissions") from None
+    except UnicodeDecodeError as e:
+        raise _err(flag, "a config.json in UTF-8", f"{cfg} with a non-UTF-8 byte at offset {e.start}", fix) from None
+    except ValueError as e:
+        raise _err(flag, "a config.json holding JSON", f"{cfg}, which does not parse ({e})", fix) from None
+    if not isinstance(raw, dict):
+        raise _err(flag, "a config.json holding a JSON object", f"{cfg} holding {type(raw).__name__}", fix)
+    try:
+        from_dict(raw)
+    except ConfigError as e:
+        raise _err(flag, "a valid config.json", f"{cfg}: {e}", fix) from None
+    return raw
+
+
+def _at_most(flag: str, value: int, hi: int, what: str, fix: str) -> int:
+    """``value`` unless it exceeds ``hi`` (an upper bound where a typo costs hours): MatchError."""
+    if value > hi:
+        raise _err(flag, f"at most {hi:,} {what}", f"{value:,}", fix)
+    return value
+
+
+def check_run_dir(run: str | os.PathLike, which: str = "best", flag: str = "--run") -> Path:
+    """The run directory, checked without loading JAX: config.json and a checkpoint exist."""
     p = Path(run)
     hint = "train one with `python -m training.fit --config configs/amsynth.toml` or pass --run runs/<name>"
     if not p.is_dir():
-        raise _err("--run", "a run directory written by training.fit (runs/<name>/)",
+        raise _err(flag, "a run directory written by training.fit (runs/<name>/)",
                    f"{str(p)!r}, which does not exist" if not p.exists() else f"{str(p)!r}, not a directory", hint)
     cfg = p / "config.json"
     if not cfg.is_file():
-        raise _err("--run", "a run directory holding config.json", f"{str(p)!r} without it", hint)
-    try:
-        from_dict(json.loads(cfg.read_text()))
-    except (ValueError, ConfigError) as e:
-        raise _err("--run", "a readable config.json", f"{cfg}: {e}", "retrain the run, or fix the file") from None
+        raise _err(flag, "a run directory holding config.json", f"{str(p)!r} without it", hint)
+    read_run_config(p, flag)
     ck = p / "checkpoints" / which
-    if not ck.is_dir() or not any(ck.iterdir()):
+    try:
+        steps = [d for d in ck.iterdir() if d.is_dir() and d.name.isdigit()] if ck.is_dir() else []
+    except OSError as e:
+        raise _err(flag, f"a readable checkpoint folder {ck}", e.strerror or str(e), "fix its permissions") from None
+    if not steps:
         other = "latest" if which == "best" else "best"
-        raise _err("--run", f"a checkpoint in {ck}", "none", f"train longer, or pass --checkpoint {other}")
+        got = "none" if not ck.is_dir() or not any(ck.iterdir()) else "a folder without a numbered step checkpoint"
+        raise _err(flag, f"a checkpoint in {ck}", got, f"train longer, or pass --checkpoint {other}")
     return p
+
+
+def output_path(path: str | os.PathLike, flag: str, create_parents: bool = False,
+                suffixes: tuple[str, ...] = ()) -> Path:
+    """:func:`proxies.files.check_output_path` with its error as a :class:`MatchError`."""
+    from proxies.files import OutputPathError, check_output_path
+
+    try:
+        return check_output_path(path, flag, create_parents, suffixes)
+    except OutputPathError as e:
+        raise MatchError(f"{e}") from None
+
+
+def run_cli(prog: str, body, argv=None) -> int:
+    """End a training command line the one way (:func:`proxies.files.guarded_main`): user errors
+    (MatchError, ConfigError, a damaged checkpoint) print one message and exit 2; anything else
+    writes its traceback to a log file and says where."""
+    from proxies.files import OutputPathError, guarded_main
+    from training.config import ConfigError
+
+    return guarded_main(prog, body, (MatchError, ConfigError, OutputPathError), argv, label="error: ")
 
 
 def enable_compilation_cache() -> None:
@@ -80,7 +146,7 @@ def run_synth(run: str | os.PathLike):
     """The synth a run directory was trained on (from its config.json; no JAX)."""
     from proxies.synth import get_synth
 
-    data = json.loads((Path(run) / "config.json").read_text()).get("data", {})
+    data = read_run_config(Path(run)).get("data", {})
     return get_synth(data.get("synth", "amsynth"), data.get("spec") or None)
 
 

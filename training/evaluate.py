@@ -43,8 +43,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from training.cli import MatchError, _err, _int_option, check_run_dir
+from proxies.files import OutputSet
+from training.cli import (MatchError, _at_most, _err, _int_option, check_run_dir, output_path, read_run_config,
+                          run_cli)
 from training.targets import AUDIO_SUFFIXES
+
+#: upper bounds: a typo must not cost days (per target: refinement steps, plugin renders)
+MAX_REFINE_STEPS = 10_000
+MAX_SEARCH_RENDERS = 20_000
+MAX_CMA_RENDERS = 100_000
 
 from training.methods import METHOD_NOTES as METHOD_DESCRIPTIONS  # the one method table
 
@@ -201,7 +208,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
     from training.config import from_dict
     from training.cli import enable_compilation_cache
 
-    cfg = from_dict(json.loads((args.run / "config.json").read_text()))
+    cfg = from_dict(read_run_config(args.run))
     enable_compilation_cache()
     from training.data import build_dataset, sample_presets, synth_of
     from training.evaluate_core import (load_predictor, logmel_embeddings, mean_preset, nearest_neighbour)
@@ -213,7 +220,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
     data = cfg.data
     sr = data.sample_rate
     t_start = time.perf_counter()
-    predictor = load_predictor(args.run, "best")
+    predictor = load_predictor(args.run, getattr(args, "checkpoint", "best"))
     layout = predictor.layout
     methods: dict[str, Method] = {}
     notes: list[str] = []
@@ -547,23 +554,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--examples", default="3", help="targets shown with spectrograms and audio (default 3)")
     p.add_argument("--workers", default=None, help="plugin render processes (default: the run's data.workers)")
     p.add_argument("--seed", default="0")
+    p.add_argument("--checkpoint", default="best", choices=("best", "latest"), help="which checkpoint (best)")
     p.add_argument("--no-dataset", action="store_true",
                    help="do not load the training set (no nearest neighbour; mean preset = base preset)")
     a = p.parse_args(argv)
-    a.run = check_run_dir(a.run)
+    a.run = check_run_dir(a.run, a.checkpoint)
     if a.targets not in ("random", "factory"):
         d = Path(a.targets)
         if not d.is_dir():
             raise _err("--targets", "random, factory, or an existing folder of audio files", repr(a.targets),
                        "check the spelling or the path")
+        try:
+            has_audio = any(f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES for f in d.iterdir())
+        except OSError as e:
+            raise _err("--targets", "a readable folder of audio files", f"{a.targets!r} ({e.strerror or e})",
+                       "fix the folder's permissions") from None
+        if not has_audio:
+            raise _err("--targets", f"a folder holding audio files ({', '.join(AUDIO_SUFFIXES)})",
+                       f"{a.targets!r} with none", "point it at a folder of wav/flac/ogg files")
     a.n = _int_option("--n", a.n, 1, 100000, "e.g. --n 16")
     a.refine_steps = _int_option("--refine-steps", a.refine_steps, 0, None, "0 skips refinement")
+    _at_most("--refine-steps", a.refine_steps, MAX_REFINE_STEPS, "steps per target (a typo costs hours)", "try 30")
     a.refine_batch = _int_option("--refine-batch", a.refine_batch, 1, 1024, "e.g. 1 or 8")
     a.snapshots = _int_option("--snapshots", a.snapshots, 1, 64, "try 4")
     a.search_renders = _int_option("--search-renders", a.search_renders, 0, None, "0 skips the search")
+    _at_most("--search-renders", a.search_renders, MAX_SEARCH_RENDERS,
+             "plugin renders per target (a typo costs hours)", "try 100")
     if a.proxy_search_rounds is not None:
         a.proxy_search_rounds = _int_option("--proxy-search-rounds", a.proxy_search_rounds, 0, 64, "0 skips it")
     a.cma_renders = _int_option("--cma-renders", a.cma_renders, 0, None, "0 skips the CMA-ES baseline")
+    _at_most("--cma-renders", a.cma_renders, MAX_CMA_RENDERS, "plugin renders per target (a typo costs hours)",
+             "try 500")
     a.examples = _int_option("--examples", a.examples, 0, 1000, "e.g. 3")
     a.seed = _int_option("--seed", a.seed, 0, None, "any integer >= 0")
     a.workers = None if a.workers is None else _int_option("--workers", a.workers, 1, 256, "try 2")
@@ -578,7 +599,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     else:
         a.note = "auto"
     if a.param_run is not None:
-        a.param_run = check_run_dir(a.param_run)
+        a.param_run = check_run_dir(a.param_run, flag="--param-run")
     a.example_methods = ("model", "model+refine", "model+search", "nearest_neighbour", "param_only", "cma_mean")
     if a.json is None:
         tag = a.targets if a.targets in ("random", "factory") else Path(a.targets).name or "dir"
@@ -586,24 +607,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a.json = Path(a.json)
     if a.json.suffix.lower() != ".json":
         raise _err("--json", "a file name ending in .json", repr(str(a.json)), f"e.g. --json {a.json.with_suffix('.json')}")
+    output_path(a.json, "--json", create_parents=True, suffixes=(".md", ".html"))
+    if a.examples:
+        output_path(a.json.with_name(f"{a.json.stem}-example-{a.examples - 1}.png"), "--json (its example figures)",
+                    create_parents=True)
     return a
 
 
 def write_reports(result: dict[str, Any], examples: list, json_path: Path) -> dict[str, str]:
-    """OUT.json, OUT.md (+ example PNGs) and OUT.html; returns their paths."""
-    from training.report import spectrogram_png, write_html, write_markdown
+    """OUT.json (strict JSON: non-finite figures as null), OUT.md (+ example PNGs) and OUT.html,
+    written as one set: all to temporaries, then renamed; a failure on the way leaves the
+    previous reports as they were. Returns their paths."""
+    from training.report import html_report, markdown, spectrogram_png
 
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=1))
-    figures = {}
-    for k, ex in enumerate(examples):
-        png = json_path.with_name(f"{json_path.stem}-example-{k}.png")
-        rows = [("target", ex.target)] + [(f"{m} (MSS {ex.mss.get(m, float('nan')):.3f})", a)
-                                          for m, a in ex.renders.items()]
-        png.write_bytes(spectrogram_png(rows, ex.sample_rate, title=ex.name))
-        figures[f"{k + 1}. {ex.name}"] = png.name
-    md = write_markdown(result, json_path.with_suffix(".md"), figures)
-    html = write_html(result, json_path.with_suffix(".html"), examples)
+    md, html = json_path.with_suffix(".md"), json_path.with_suffix(".html")
+    with OutputSet() as outs:
+        outs.write_json(json_path, result)
+        figures = {}
+        for k, ex in enumerate(examples):
+            png = json_path.with_name(f"{json_path.stem}-example-{k}.png")
+            rows = [("target", ex.target)] + [(f"{m} (MSS {ex.mss.get(m, float('nan')):.3f})", a)
+                                              for m, a in ex.renders.items()]
+            outs.write_bytes(png, spectrogram_png(rows, ex.sample_rate, title=ex.name))
+            figures[f"{k + 1}. {ex.name}"] = png.name
+        outs.write_text(md, markdown(result, figures))
+        outs.write_text(html, html_report(result, examples, 3))
     return {"json": str(json_path), "markdown": str(md), "html": str(html)}
 
 
@@ -621,16 +649,16 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
+    """Bad input: one message, exit status 2, nothing written; the reports are written as a set."""
+    def body() -> int:
         args = parse_args(argv)
         result, examples = evaluate(args)
-    except MatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    paths = write_reports(result, examples, args.json)
-    print(format_summary(result))
-    print("wrote: " + ", ".join(paths.values()))
-    return 0
+        paths = write_reports(result, examples, args.json)
+        print(format_summary(result))
+        print("wrote: " + ", ".join(paths.values()))
+        return 0
+
+    return run_cli("python -m training.evaluate", body, argv)
 
 
 if __name__ == "__main__":

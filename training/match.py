@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -43,12 +42,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from training.cli import MatchError, _err, _int_option, check_run_dir, enable_compilation_cache, run_synth
+from proxies.files import OutputSet
+from training.cli import (_at_most, _err, _int_option, check_run_dir, enable_compilation_cache, output_path,
+                          read_run_config, run_cli, run_synth)
 from training.targets import Target, prepare_target
 
 #: refinement and search keep no candidate whose plugin render is more than this many dB (RMS)
 #: quieter than the target: the distance alone prefers silence to a wrong sound for short sounds
 QUIET_DB = 20.0
+#: upper bounds: a typo must not cost days (each search render is a plugin render; each refinement
+#: step a proxy gradient)
+MAX_REFINE_STEPS = 10_000
+MAX_SEARCH_RENDERS = 20_000
+#: what is written beside the preset (besides the synth's companion files)
+COMPANIONS = (".wav", ".png", ".json")
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     run = check_run_dir(a.run, a.checkpoint)
     suffix = run_synth(run).presets.write_suffix
     out = Path(a.out)
+    output_path(out, "--out", create_parents=True, suffixes=(".fxp",) + COMPANIONS)  # before any work
     if out.suffix.lower() != suffix.lower():
         raise _err("--out", f"a file name ending in {suffix} ({run_synth(run).name}'s preset file)", repr(a.out),
                    f"e.g. --out {out.with_suffix(suffix)}")
@@ -106,7 +114,14 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     else:
         note = _int_option("--note", a.note, 0, 127, "give a MIDI note number (60 = middle C) or auto")
     steps = _int_option("--refine-steps", a.refine_steps, 0, None, "0 skips refinement; try 50..200")
+    _at_most("--refine-steps", steps, MAX_REFINE_STEPS, "steps (each is a proxy gradient; a typo costs hours)",
+             "try 50..200")
+    if steps > 0 and run_synth(run).proxy is None:
+        raise _err("--refine-steps", f"0 for {run_synth(run).name}, which has no differentiable proxy (refinement "
+                   "descends through one)", str(steps), "drop --refine-steps; --search-renders N searches through "
+                   "the real engine instead")
     renders = _int_option("--search-renders", a.search_renders, 0, None, "0 skips the search; try 100..500")
+    _at_most("--search-renders", renders, MAX_SEARCH_RENDERS, "plugin renders (a typo costs hours)", "try 100..500")
     snapshots = _int_option("--snapshots", a.snapshots, 1, 64, "try 4")
     seed = _int_option("--seed", a.seed, 0, None, "any integer >= 0")
     workers = None if a.workers is None else _int_option("--workers", a.workers, 1, 256, "try 2")
@@ -154,12 +169,15 @@ def _metrics(audio: np.ndarray, target: np.ndarray, sample_rate: int) -> dict[st
     return {k: float(v[0]) for k, v in m.items()}
 
 
-def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any = None) -> MatchResult:
-    """Everything after the option checks: condition the target, predict, refine, search."""
+def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any = None,
+              outs: OutputSet | None = None) -> MatchResult:
+    """Everything after the option checks: condition the target, predict, refine, search. The
+    preset files go into ``outs`` (committed with the other outputs; without one they are
+    written at once)."""
     from training.config import from_dict
 
     t_all = time.perf_counter()
-    cfg = from_dict(json.loads((opts.run / "config.json").read_text()))
+    cfg = from_dict(read_run_config(opts.run))
     data = cfg.data
     target = prepare_target(opts.target, data, opts.note, say)  # bad audio fails here, before JAX loads
 
@@ -251,7 +269,7 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
             best = st
 
         # -- the written preset, read back and rendered: the audio we report is that of the file
-        final_n = _write_preset(opts, best.normalized)
+        final_n = _write_preset(opts, best.normalized, outs)
         audio, ok = render(final_n[None])
         final = Stage("final", final_n, audio[0], _metrics(audio[0], target.audio, sr), 1, 0.0)
         level = float(max(rms_db(audio[:1])[0], -200.0))  # -200 dBFS: digital silence
@@ -265,28 +283,53 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     proxy_audio = None
     try:
         t0 = time.perf_counter()
-        if refiner is None:
+        if run_synth(opts.run).proxy is None:
+            pass  # no proxy: the figure shows the target and the real engine's render
+        elif refiner is None:
             say("rendering the kept preset through the proxy for the figure (first use compiles the proxy)")
             refiner = get_refiner(note_data, tuple(cfg.loss.fft_sizes), 1)
-        proxy_audio = refiner.render(final_n[None], seed=opts.seed)[0]
-        timing["proxy_figure_s"] = time.perf_counter() - t0
+        if refiner is not None:
+            proxy_audio = refiner.render(final_n[None], seed=opts.seed)[0]
+            timing["proxy_figure_s"] = time.perf_counter() - t0
     except Exception as e:  # the figure must not cost the user the preset
         say(f"warning: no proxy render for the figure ({type(e).__name__}: {e})")
     timing["total_s"] = time.perf_counter() - t_all
     return MatchResult(target, stages, final, proxy_audio, sr, timing)
 
 
-def _write_preset(opts: Options, normalized: np.ndarray) -> np.ndarray:
-    """Write the synth's preset files for PATCH (e.g. PATCH.amSynth and PATCH.fxp); return the
-    normalized values read back from the primary file (what the synth will load)."""
+def _write_preset(opts: Options, normalized: np.ndarray, outs: OutputSet | None = None) -> np.ndarray:
+    """Write the synth's preset files for PATCH (e.g. PATCH.amSynth and PATCH.fxp) into the
+    output set ``outs`` (a temporary folder beside PATCH until the set is committed); return the
+    normalized values read back from the written primary file (what the synth will load)."""
     presets = run_synth(opts.run).presets
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.preset_files[:] = presets.write(str(opts.out), opts.name, np.asarray(normalized, dtype=np.float64))
-    return np.asarray(presets.read(str(opts.out), 0)[1], dtype=np.float64)  # slot 0 of a written bank
+    own = outs is None
+    outs = OutputSet() if own else outs
+    try:
+        tmpdir = outs.tempdir(opts.out)
+        primary = tmpdir / opts.out.name
+        written = presets.write(str(primary), opts.name, np.asarray(normalized, dtype=np.float64))
+        back = np.asarray(presets.read(str(primary), 0)[1], dtype=np.float64)  # slot 0 of a written bank
+        finals = []
+        for w in written:
+            final = opts.out.parent / Path(w).relative_to(tmpdir)
+            outs.adopt(w, final)
+            finals.append(str(final))
+        opts.preset_files[:] = finals
+    except BaseException:
+        if own:
+            outs.discard()
+        raise
+    if own:
+        outs.commit()
+    return back
 
 
-def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
-    """PATCH.wav, PATCH.png and PATCH.json (the preset files are already written)."""
+def write_outputs(opts: Options, result: MatchResult, outs: OutputSet | None = None) -> dict[str, str]:
+    """PATCH.wav, PATCH.png and PATCH.json into the output set ``outs`` (the preset files are
+    already in it); without one they are written at once, as a set."""
+    if outs is None:
+        with OutputSet() as own:
+            return write_outputs(opts, result, own)
     from proxies.render import write_wav
     from training.report import spectrogram_png
 
@@ -295,13 +338,13 @@ def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
     paths = {"preset": str(opts.out), **extra,
              "wav": str(opts.out.with_suffix(".wav")), "png": str(opts.out.with_suffix(".png")),
              "json": str(opts.out.with_suffix(".json"))}
-    write_wav(paths["wav"], result.final.audio, sr)
+    write_wav(outs.path(paths["wav"]), result.final.audio, sr)
     rows = [("target (conditioned)", result.target.audio)]
     if result.proxy_audio is not None:
         rows.append(("proxy render of the preset", result.proxy_audio))
     rows.append((f"real plugin render (mss {result.final.metrics['mss']:.3f})", result.final.audio))
-    Path(paths["png"]).write_bytes(spectrogram_png(rows, sr, title=f"{opts.target.name} -> {opts.out.name}, "
-                                                                    f"note {result.target.note}"))
+    outs.write_bytes(paths["png"], spectrogram_png(rows, sr, title=f"{opts.target.name} -> {opts.out.name}, "
+                                                                  f"note {result.target.note}"))
     from training.search import rms_db
 
     synth = run_synth(opts.run)
@@ -331,7 +374,7 @@ def write_outputs(opts: Options, result: MatchResult) -> dict[str, str]:
         "options": {"note": opts.note, "refine_steps": opts.refine_steps, "search_renders": opts.search_renders,
                     "refine_lr": opts.refine_lr, "snapshots": opts.snapshots, "seed": opts.seed},
     }
-    Path(paths["json"]).write_text(json.dumps(report, indent=1))
+    outs.write_json(paths["json"], report)  # strict JSON: a non-finite distance is written as null
     return paths
 
 
@@ -348,16 +391,18 @@ def format_stages(result: MatchResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
+    """Bad input: one message, exit status 2, nothing written. The preset, wav, png and json are
+    written as one set at the end: a failure on the way leaves a previous set as it was."""
+    def body() -> int:
         opts = parse_options(argv)
-        result = run_match(opts)
-    except MatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    paths = write_outputs(opts, result)
-    print(format_stages(result))
-    print("wrote: " + ", ".join(paths.values()))
-    return 0
+        with OutputSet() as outs:
+            result = run_match(opts, outs=outs)
+            paths = write_outputs(opts, result, outs)
+        print(format_stages(result))
+        print("wrote: " + ", ".join(paths.values()))
+        return 0
+
+    return run_cli("python -m training.match", body, argv)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,39 @@ def shard_batch(arrays: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[
     return out
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be restored: damaged (truncated or missing files) or written for
+    another model than the run's config.json describes (``mismatch``). The message names the
+    folder, the cause (one line, not orbax's pages) and the fix."""
+
+    def __init__(self, which: str, step: int | None, directory: Path, error: BaseException):
+        self.which, self.step, self.directory = which, step, directory
+        causes = []
+        e: BaseException | None = error
+        while e is not None and len(causes) < 8:
+            causes.append(e)
+            e = e.__cause__ or e.__context__
+        text = " ".join(str(c) for c in causes)
+        self.mismatch = any(k in text for k in ("not compatible with the stored shape", "tree structure",
+                                                 "do not match", "Missing keys", "Unexpected keys"))
+        root = next((c for c in reversed(causes) if str(c).strip()), error)
+        cause = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+        cause = cause if len(cause) <= 240 else cause[:240] + "..."
+        where = f"{directory}" + (f" (step {step})" if step is not None else "")
+        if self.mismatch:
+            what = (f"the {which} checkpoint in {where} does not fit the model that the run's config.json "
+                    f"describes ({cause}): config.json was edited, or the checkpoint comes from another run")
+            fix = ("restore the run's original config.json, or retrain: python -m training.fit --fresh with "
+                   "the config you want")
+        else:
+            what = f"the {which} checkpoint in {where} is damaged or incomplete ({cause})"
+            other = "latest" if which == "best" else "best"
+            fix = (f"use the other checkpoint (--checkpoint {other}) if it is intact, or retrain: "
+                   "python -m training.fit --fresh with the run's config")
+        self.what, self.fix = what, fix
+        super().__init__(f"{what}; fix: {fix}")
+
+
 class Checkpoints:
     """``latest`` (resume point) and ``best`` (by validation distance) orbax checkpoints."""
 
@@ -151,12 +184,18 @@ class Checkpoints:
         self._save(self.best, step, state, best)
 
     def _restore(self, mngr: ocp.CheckpointManager, state: TrainState) -> tuple[TrainState, float] | None:
-        step = mngr.latest_step()
-        if step is None:
-            return None
-        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state),
-                                                          meta=ocp.args.JsonRestore()))
-        return out["state"], float(out["meta"]["best"])
+        which = Path(mngr.directory).name
+        step = None
+        try:
+            step = mngr.latest_step()
+            if step is None:
+                return None
+            out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state),
+                                                              meta=ocp.args.JsonRestore()))
+            best = float(out["meta"]["best"])
+        except Exception as e:  # noqa: BLE001  (orbax / tensorstore raise plain Exceptions)
+            raise CheckpointError(which, step, Path(mngr.directory), e) from e
+        return out["state"], best
 
     def restore_latest(self, state: TrainState) -> tuple[TrainState, float]:
         got = self._restore(self.latest, state)

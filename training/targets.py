@@ -21,6 +21,10 @@ MAX_READ_S = 60.0  # longer files: only the first minute is read
 SILENCE_PEAK = 1e-4  # -80 dBFS
 LEAD_SILENCE_DB = -60.0  # leading samples quieter than this (re peak) are dropped
 MAX_TRANSPOSE = 36  # semitones the model input may be shifted before we refuse
+MIN_RATE, MAX_RATE = 4000, 384000  # sample rates instruments use; others are refused
+MIN_TARGET_S = 0.02  # shorter files cannot hold a note
+DC_HZ = 10.0  # a file with no energy above this is a DC offset, not a sound
+MAX_PEAK = 1000.0  # +60 dBFS: samples beyond this are not audio scaled to +-1 (refused); 1..MAX_PEAK is normalised
 
 @dataclass
 class Target:
@@ -55,8 +59,17 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, dict[str, Any]
     if not p.exists():
         raise _err("target", "an audio file (wav, flac, ogg, ...)", f"{str(p)!r}, which does not exist",
                    "check the path")
-    if not p.is_file():
+    if p.is_dir():
         raise _err("target", "an audio file", f"{str(p)!r}, which is a directory", "give one file")
+    if not p.is_file():
+        raise _err("target", "an audio file", f"{str(p)!r}, which is not a regular file (a device or a pipe)",
+                   "give a file on disk")
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise _err("target", "a readable audio file", f"{str(p)!r}, which cannot be read ({e.strerror or e})",
+                   "fix the file's permissions (chmod u+r) or copy it somewhere readable") from None
     try:
         info = sf.info(str(p))
         frames = min(int(info.frames), int(MAX_READ_S * info.samplerate)) if info.frames > 0 else -1
@@ -72,6 +85,14 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, dict[str, Any]
     if audio.shape[1] == 0:
         raise _err("target", "audio with at least one sample", f"an empty file {str(p)!r}",
                    "record or export the sound again")
+    if not MIN_RATE <= sr <= MAX_RATE:
+        raise _err("target", f"a sample rate that instruments use ({MIN_RATE}..{MAX_RATE} Hz)",
+                   f"{sr} Hz in {str(p)!r}", "re-export the file at 44100 or 48000 Hz (a wrong rate in the header "
+                   "is a broken export)")
+    if audio.shape[1] < MIN_TARGET_S * sr:
+        raise _err("target", f"a sound at least {MIN_TARGET_S * 1000:.0f} ms long (long enough to hold a note)",
+                   f"{audio.shape[1]} sample(s) = {audio.shape[1] / sr * 1000:.2g} ms in {str(p)!r}",
+                   "give the whole sound, not a fragment")
     if not np.all(np.isfinite(audio)):
         bad = int((~np.isfinite(audio)).sum())
         raise _err("target", "finite samples", f"{bad} NaN/inf sample(s) in {str(p)!r}",
@@ -81,7 +102,28 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, dict[str, Any]
         db = 20 * math.log10(peak) if peak > 0 else -math.inf
         raise _err("target", f"a sound (peak above {20 * math.log10(SILENCE_PEAK):.0f} dBFS)",
                    f"silence (peak {db:.1f} dBFS) in {str(p)!r}", "give a file that contains the sound")
+    if peak > MAX_PEAK:
+        raise _err("target", f"samples scaled to full scale +-1 (peaks up to {MAX_PEAK:g} are normalised)",
+                   f"peaks of {peak:.3g} ({20 * math.log10(peak):.0f} dBFS) in {str(p)!r}",
+                   "normalise the file to -1 dBFS (e.g. `sox in.wav out.wav gain -n -1`); float files with such "
+                   "values are usually raw data, not audio")
+    ac = np.stack([_above(ch, sr, DC_HZ) for ch in audio])
+    if float(np.max(np.abs(ac))) < SILENCE_PEAK or float(np.sum(ac ** 2)) < 1e-6 * float(np.sum(audio ** 2)):
+        raise _err("target", f"a sound with energy above {DC_HZ:g} Hz",
+                   f"a DC offset (or a drift slower than {DC_HZ:g} Hz) only in {str(p)!r}",
+                   "give a file that contains the sound (this one would play as silence)")
+    if peak > 1.0:
+        audio = audio / peak
+        meta["normalised_from_peak"] = peak
     return audio, int(sr), meta
+
+
+def _above(x: np.ndarray, sample_rate: int, hz: float) -> np.ndarray:
+    """``x`` [T] with everything below ``hz`` removed (FFT; at least the mean)."""
+    spec = np.fft.rfft(x)
+    cut = max(1, int(math.ceil(hz * len(x) / sample_rate)))
+    spec[:cut] = 0
+    return np.fft.irfft(spec, n=len(x))
 
 
 def condition_audio(audio: np.ndarray, sample_rate: int, run_rate: int, n_samples: int,
@@ -157,6 +199,11 @@ def prepare_target(path: str | os.PathLike, data: Any, note: int | str = "auto",
     def tell(m: str) -> None:
         messages.append(m)
         say(m)
+
+    if "normalised_from_peak" in meta:
+        pk = meta["normalised_from_peak"]
+        tell(f"the file peaks at {pk:.3g} ({20 * math.log10(pk):+.1f} dBFS), beyond full scale: normalised to a peak "
+             "of 1.0 (0 dBFS) before matching")
 
     from proxies.synth import get_synth
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from proxies.files import atomic_write_json
+from proxies.files import atomic_write_bytes, atomic_write_json
 from training import evaluate_core
 from training.config import Config, ConfigError, LossConfig
 from training.data import Dataset, EngineRenderer, build_dataset, iterate_batches, synth_of
@@ -43,8 +43,8 @@ from training.features import make_feature_fn
 from training.heads import HeadLayout, hard_normalized, head_layout, targets_from_normalized
 from training.losses import param_loss, schedule_weights, spectral_loss
 from training.proxy_loss import make_distance_fn, make_proxy_render
-from training.state import (Checkpoints, TrainState, batch_sharded, create_train_state, make_mesh, make_optimizer,
-                            network_outputs, replicate, replicated, shard_batch)
+from training.state import (CheckpointError, Checkpoints, TrainState, batch_sharded, create_train_state, make_mesh,
+                            make_optimizer, network_outputs, replicate, replicated, shard_batch)
 
 TRAIN_COLUMNS = ("step", "loss", "param_loss", "param_mse", "param_ce", "param_acc", "spectral", "w_param",
                  "w_spectral", "lr", "grad_norm", "steps_per_s", "wall_s")
@@ -144,7 +144,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
         f"loss schedule {cfg.loss.schedule}")
 
     ckpt = Checkpoints(run_dir / "checkpoints")
-    state, best = ckpt.restore_latest(state)
+    state, best = _resume(ckpt, state, run_dir, log)
     start_step = int(state.step)
     if start_step:
         log(f"[fit] resuming {run_dir} from step {start_step} (best val distance so far {best:.4g})")
@@ -211,7 +211,13 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
         bar.close()
         train_seconds = time.perf_counter() - t_start - data_seconds
 
-        best_state = ckpt.restore_best(state)
+        try:
+            best_state = ckpt.restore_best(state)
+        except CheckpointError as e:
+            if e.mismatch:
+                raise
+            log(f"[fit] warning: {e.what}; evaluating the final state (step {int(state.step)}) instead")
+            best_state = state
         log(f"[fit] evaluating the best checkpoint (step {int(best_state.step)}) through the real {synth.name} engine")
         predictor = evaluate_core.Predictor(cfg, layout, best_state.params, best_state.feature_mean,
                                             best_state.feature_std, feature_fn)
@@ -349,20 +355,53 @@ _RESUME_EXEMPT = {("eval", None), ("data", "workers"), ("data", "cache_dir"), ("
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path) -> None:
-    """Create the run directory, or check that an existing one was made by the same config."""
+    """Create the run directory (marked as a run: :data:`training.cli.RUN_MARKER`), or check that
+    an existing one is a run made by the same config. A folder holding files fit did not write
+    is refused, never written into."""
+    from training.cli import RUN_MARKER, is_run_dir
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run folder; expected run.runs_dir/run.name to be a folder "
+                          "that training.fit creates. Fix: pick another run.name (--set run.name=...) or "
+                          "run.runs_dir")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (is_run_dir(run_dir) or (run_dir / "config.json").is_file()):
+        raise ConfigError(f"{run_dir} exists and holds files that training.fit did not write (no "
+                          f"{RUN_MARKER}, no config.json); expected a new or empty folder, or a run. Fix: pick "
+                          "another run.name (--set run.name=...) or run.runs_dir; nothing was changed there")
+    made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # folders this call creates
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _check_and_write_config(cfg, run_dir)
+    except BaseException:
+        for d in made:  # deepest first: what was created here goes again (a full disk, a bad config.json)
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def _check_and_write_config(cfg: Config, run_dir: Path) -> None:
+    from training.cli import RUN_MARKER
+
     path = run_dir / "config.json"
     new = cfg.to_dict()
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_bytes().decode("utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise ConfigError(f"{path} is damaged ({str(e).splitlines()[0][:200]}); expected the config.json fit "
+                              f"wrote. Fix: restore it, or start over with --fresh (deletes {run_dir})") from None
         diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, table in new.items() for k, v in table.items()
                  if (s, None) not in _RESUME_EXEMPT and (s, k) not in _RESUME_EXEMPT
                  and old.get(s, {}).get(k) != v]
         if diffs and (run_dir / "checkpoints").exists():
             raise ConfigError(f"{run_dir} holds a run with a different config ({'; '.join(diffs[:5])}); "
                               f"expected the same config to resume. Fix: pick a new run.name (--set run.name=...) "
-                              f"or delete {run_dir}")
+                              f"or start over with --fresh (deletes {run_dir})")
     _write_json_atomic(path, new)
+    marker = run_dir / RUN_MARKER
+    if not marker.is_file():
+        atomic_write_bytes(marker, b"a run folder written by python -m training.fit (fit --fresh may delete it)\n")
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -378,5 +417,46 @@ def _json_default(o: Any) -> Any:
 
 
 def reset_run(run_dir: Path) -> None:
-    """Delete a run directory (tests and ``--fresh``)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
+    """Delete a run directory (tests and ``--fresh``): only a folder fit made
+    (:func:`training.cli.is_run_dir`); anything else is refused with a ConfigError naming it.
+    A folder that does not exist is nothing to delete."""
+    from training.cli import RUN_MARKER, is_run_dir
+
+    run_dir = Path(run_dir)
+    if not os.path.lexists(run_dir):
+        return
+    if not is_run_dir(run_dir):
+        what = "a file" if not run_dir.is_dir() or run_dir.is_symlink() else "a folder that is not a run"
+        raise ConfigError(f"--fresh: {run_dir} is {what} (no {RUN_MARKER} marker, no config.json + checkpoints/ "
+                          "written by training.fit); refusing to delete it. Fix: check run.runs_dir and run.name "
+                          "(--set run.name=...), or move that folder away yourself")
+    shutil.rmtree(run_dir)
+
+
+def _resume(ckpt: Checkpoints, state: TrainState, run_dir: Path,
+            log: Callable[[str], None]) -> tuple[TrainState, float]:
+    """The state to resume from: ``latest``; when ``latest`` is damaged, ``best`` (said, and the
+    damaged step moved aside to ``checkpoints/damaged-latest-<step>``). A checkpoint that does not
+    fit the model, or two damaged ones, raise CheckpointError naming the fix."""
+    try:
+        return ckpt.restore_latest(state)
+    except CheckpointError as e:
+        if e.mismatch:
+            raise ConfigError(f"{e.what}. Fix: rerun with the config the run was trained with, or start over "
+                              f"with --fresh (deletes {run_dir})") from None
+        damaged = e
+    try:
+        got = ckpt._restore(ckpt.best, state)
+    except CheckpointError as e:
+        raise ConfigError(f"{damaged.what}, and {e.what}. Fix: start over with --fresh (deletes {run_dir})") from None
+    if got is None:
+        raise ConfigError(f"{damaged.what}, and there is no best checkpoint to fall back on. Fix: start over with "
+                          f"--fresh (deletes {run_dir})")
+    if damaged.step is not None:
+        src = Path(ckpt.latest.directory) / str(damaged.step)
+        if src.is_dir():
+            os.replace(src, Path(ckpt.latest.directory).parent / f"damaged-latest-{damaged.step}")
+        ckpt.latest.reload()
+    log(f"[fit] warning: {damaged.what}; resuming from the best checkpoint (step {int(got[0].step)}) instead "
+        f"(the damaged one was moved to {Path(ckpt.latest.directory).parent}/damaged-latest-{damaged.step})")
+    return got

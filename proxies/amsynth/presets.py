@@ -472,6 +472,10 @@ def parse_bank_text(data: bytes, source: str = "<bank>") -> list[Preset]:
     reader aborts on it), an out-of-range value, a duplicate parameter, an unrecognized line,
     an unterminated last line, CR or NUL bytes, and more than 128 presets.
     """
+    if data.startswith(BANK_HEADER.rstrip(b"\n") + b"\r\n"):
+        raise _error(source, 1, "has Windows (CRLF) line endings",
+                     "save the bank with Unix (LF) line endings, e.g. `dos2unix FILE` (amsynth would keep the "
+                     "carriage returns in names and values)")
     if not data.startswith(BANK_HEADER):
         first = data.split(b"\n", 1)[0][:40]
         raise _error(source, 1, f"not an amsynth bank: the file must start with exactly 'amSynth' and a "
@@ -677,8 +681,11 @@ def read_preset_file(path: str | os.PathLike, index: int | None = None) -> Prese
     """
     source = str(path)
     data = _read_bytes(path)
-    if data.startswith(BANK_HEADER):
+    if data.startswith(BANK_HEADER) or data.startswith(BANK_HEADER.rstrip(b"\n") + b"\r\n"):
         presets = parse_bank_text(data, source)
+        if not presets:
+            raise PresetError(f"{source}: the bank holds no presets (only its 'amSynth' header); add a "
+                              "'<preset> <name> NAME' section or pick another file", source=source)
         if index is None:
             if len(presets) == 1:
                 return presets[0]
