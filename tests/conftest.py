@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# Before anything imports JAX: the XLA:CPU option of diffsynth.runtime (per-sample loops compiled
+# as one kernel; outputs unchanged). The glibc malloc tunable must be set before Python starts:
+# .ci/run exports it.
+from diffsynth.runtime import configure_xla
+
+configure_xla()
+
+import pytest  # noqa: E402
 
 AMSYNTH_VST = "/usr/lib/vst/amsynth_vst.so"
 

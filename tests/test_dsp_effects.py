@@ -274,8 +274,9 @@ def test_effects_gradients_match_finite_differences():
 
 @pytest.mark.parametrize("rectify", [True, False])
 def test_freeverb_gradient_equals_the_chunked_forwards(rectify):
-    """The custom backward (one scan per delay line, truncated damping recursion) against
-    autodiff of the forward it stands for."""
+    """The custom backward (the forward's adjoint written by hand: the chunked network run
+    backwards in time, damping recursion truncated inside a chunk) against autodiff of the
+    forward it stands for."""
     from diffsynth.effects import _freeverb_forward, _freeverb_wet, damping_doublings
 
     delays = freeverb_delay_lengths(16000)

@@ -141,4 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["main", "parse_args", "preflight", "dataset_bytes", "MatchError"]
 
 if __name__ == "__main__":
+    from diffsynth.runtime import reexec_with_tunables
+
+    reexec_with_tunables()  # once, with GLIBC_TUNABLES (diffsynth.runtime: faster JAX, same output)
     sys.exit(main())
