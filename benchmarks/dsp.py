@@ -320,4 +320,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from diffsynth.runtime import reexec_with_tunables
+
+    reexec_with_tunables()  # once, with GLIBC_TUNABLES (diffsynth.runtime: faster JAX, same output)
     main()
