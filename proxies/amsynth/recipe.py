@@ -62,7 +62,7 @@ from proxies.amsynth.spec import AMSYNTH, uses_noise, uses_sync
 from proxies.host import PluginInfo
 from proxies.notes import Note
 
-__all__ = ["AMSYNTH_PLUGIN"]
+__all__ = ["AMSYNTH_PLUGIN", "read_preset"]
 
 _I = AMSYNTH.index_of
 
@@ -75,11 +75,12 @@ def _amsynth_fresh_voices(normalized: np.ndarray, notes: tuple[Note, ...]) -> fr
     return frozenset(n.pitch for n in notes) if mode == 0 else frozenset({0})
 
 
-def _amsynth_read_preset(path: str, index: int | None = None) -> tuple[str, np.ndarray]:
+def read_preset(path: str, index: int | None = None) -> tuple[str, np.ndarray]:
+    """(name, normalized [41] float64) of one preset of a bank, preset text or .fxp."""
     from proxies.amsynth.presets import read_preset_file
 
     preset = read_preset_file(path, index)
-    return preset.name, preset.normalized
+    return preset.name, np.asarray(preset.normalized, dtype=np.float64)
 
 
 AMSYNTH_PLUGIN = PluginInfo(
@@ -100,5 +101,5 @@ AMSYNTH_PLUGIN = PluginInfo(
     flush_overrides={_I("reverb_damp"): 0.0},  # comb filterstore := delay output = 0
     fresh_voices=_amsynth_fresh_voices,
     uses_noise=uses_noise,
-    read_preset=_amsynth_read_preset,
+    read_preset=read_preset,
 )

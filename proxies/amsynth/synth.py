@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from proxies.amsynth.recipe import AMSYNTH_PLUGIN
+from proxies.amsynth.recipe import AMSYNTH_PLUGIN, read_preset
 from proxies.amsynth.spec import AMSYNTH, uses_noise
 from proxies.host import open_engine
 from proxies.synth import NoteConvention, PresetFormats, Proxy, Synth
@@ -42,13 +42,6 @@ ABLATIONS = {
     "osc1_only": {"osc_mix": 0.0, "osc_mix_mode": 0.0},
     "osc2_only": {"osc_mix": 1.0, "osc_mix_mode": 0.0},
 }
-
-
-def _read(path: str, index: int | None = None) -> tuple[str, np.ndarray]:
-    from proxies.amsynth.presets import read_preset_file
-
-    preset = read_preset_file(path, index)
-    return preset.name, np.asarray(preset.normalized, dtype=np.float64)
 
 
 def _read_all(path: str) -> list[tuple[str, np.ndarray]]:
@@ -99,7 +92,7 @@ SYNTH = Synth(
     open_engine=functools.partial(open_engine, AMSYNTH_PLUGIN),
     presets=PresetFormats(
         suffixes=(".amsynth", ".bank", ".fxp"),
-        read=_read,
+        read=read_preset,
         read_all=_read_all,
         write=_write,
         write_suffix=".amSynth",
