@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time, idempotent setup: Debian packages (amsynth; hexter's DX7 voices; dpf-plugins-vst's
-# Nekobi and Kars) and the Python environment in .venv/.
+# Nekobi and Kars; sonic-pi-samples' CC0 recordings for training/recordings.py) and the Python
+# environment in .venv/.
 # Re-running skips whatever is already in place. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,8 @@ cd "$(dirname "$0")/.."
 AMSYNTH_VST=/usr/lib/vst/amsynth_vst.so
 HEXTER_VOICES=/usr/share/hexter/dx7_roms.dx7
 NEKOBI_VST=/usr/lib/vst/Nekobi-vst.so
-APT_PACKAGES=(amsynth hexter dpf-plugins-vst)
+SONIC_PI_SAMPLE=/usr/share/sonic-pi/samples/guit_harmonics.flac
+APT_PACKAGES=(amsynth hexter dpf-plugins-vst sonic-pi-samples)
 # python3-venv provides ensurepip on Debian; chromium renders the HTML report in a test.
 python3 -c 'import ensurepip' 2>/dev/null || APT_PACKAGES+=(python3-venv)
 command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
@@ -19,6 +21,7 @@ for p in "${APT_PACKAGES[@]}"; do
     amsynth) [ -f "$AMSYNTH_VST" ] || missing+=(amsynth) ;;
     hexter) [ -f "$HEXTER_VOICES" ] || missing+=(hexter) ;;
     dpf-plugins-vst) [ -f "$NEKOBI_VST" ] || missing+=(dpf-plugins-vst) ;;
+    sonic-pi-samples) [ -f "$SONIC_PI_SAMPLE" ] || missing+=(sonic-pi-samples) ;;
     *) missing+=("$p") ;;
   esac
 done

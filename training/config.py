@@ -98,8 +98,14 @@ class DataConfig:
     frozen: Mapping[str, float] = field(default_factory=lambda: FrozenMap())
     sample_rate: int = 16000
     duration_s: float = 1.0
-    note: int = 60
+    note: int = 60  # the note of the held-out test split (and of every render when note_range is empty)
     velocity: int = 100
+    # Training and validation notes (MIDI, inclusive [low, high]) and velocities, drawn per preset
+    # (seeded): the model hears many notes and is told which. Empty: every preset plays data.note /
+    # data.velocity. With a note range, the training presets are also rendered at data.note (the
+    # "gallery" split) for the nearest-neighbour lookup at the held-out sets' note.
+    note_range: tuple[int, ...] = (36, 84)
+    velocity_range: tuple[int, ...] = (70, 127)
     hold_s: float = 0.6
     workers: int = 2
     backend: Literal["process", "ray"] = "process"  # render with the local process pool, or Ray tasks
@@ -127,6 +133,10 @@ class DataConfig:
         _require(0.05 <= self.duration_s <= 30.0, "data.duration_s", "seconds in [0.05, 30]", self.duration_s)
         _require(0 <= self.note <= 127, "data.note", "a MIDI note in [0, 127]", self.note)
         _require(1 <= self.velocity <= 127, "data.velocity", "a MIDI velocity in [1, 127]", self.velocity)
+        for key, lo, hi in (("note_range", 0, 127), ("velocity_range", 1, 127)):
+            r = getattr(self, key)
+            _require(len(r) == 0 or (len(r) == 2 and lo <= r[0] <= r[1] <= hi), f"data.{key}",
+                     f"[] or [low, high] with {lo} <= low <= high <= {hi}", list(r))
         _require(0.0 < self.hold_s <= self.duration_s, "data.hold_s",
                  f"seconds in (0, data.duration_s = {self.duration_s}]", self.hold_s,
                  "the note must be released inside the render so its release is heard")
@@ -182,6 +192,13 @@ class ModelConfig:
     """
 
     kind: Literal["cnn", "lstm", "rawcnn"] = "cnn"
+    # What the heads output (training/heads.py): "regression" (one preset: a sigmoid per continuous
+    # parameter), "bins" (each continuous parameter as a distribution over `bins` ordinal values: many
+    # answers, sampled as candidates), "mixture" (`hypotheses` whole presets and a score for each,
+    # trained winner-takes-all).
+    head: Literal["regression", "bins", "mixture"] = "regression"
+    bins: int = 16
+    hypotheses: int = 8
     channels: tuple[int, ...] = (8, 16, 32, 32)  # 2-D conv blocks (cnn, rawcnn)
     hidden: int = 256  # dense layer before the heads
     lstm_hidden: int = 128
@@ -198,6 +215,8 @@ class ModelConfig:
         _require(1 <= self.lstm_layers <= 8, "model.lstm_layers", "an integer in [1, 8]", self.lstm_layers)
         _require(1 <= self.raw_filters <= 1024, "model.raw_filters", "an integer in [1, 1024]", self.raw_filters)
         _require(2 <= self.raw_kernel <= 4096, "model.raw_kernel", "an integer in [2, 4096]", self.raw_kernel)
+        _require(2 <= self.bins <= 256, "model.bins", "an integer in [2, 256]", self.bins)
+        _require(2 <= self.hypotheses <= 64, "model.hypotheses", "an integer in [2, 64]", self.hypotheses)
         _require(1 <= self.raw_stride <= self.raw_kernel, "model.raw_stride",
                  f"an integer in [1, model.raw_kernel = {self.raw_kernel}]", self.raw_stride)
 
@@ -297,9 +316,18 @@ class EvalConfig:
     n_factory: int = 256
     val_distance: Literal["plugin", "param"] = "plugin"
     batch_size: int = 64
-    proxy_search_rounds: int = 4
-    proxy_search_candidates: int = 16
+    proxy_search_rounds: int = 6
+    proxy_search_candidates: int = 8
     proxy_search_sigma: float = 0.25
+    # model+best_of_k: the model's k candidate presets ranked by their proxy render's distance to the
+    # target (k proxy renders, no plugin render); 0 skips it. model+proxy_search then starts from
+    # that pick (its rounds come on top of these k renders).
+    best_of_k: int = 16
+    # model+proxy_search's first ranking also holds the presets of the target's nearest gallery
+    # sounds (the nearest-neighbour lookup, log-mel): this many, each one proxy render more
+    lookup_candidates: int = 0
+    # parameters each proxy_search candidate changes (about; 0: every continuous one and half the categoricals)
+    proxy_search_mutations: int = 0
 
     def validate(self) -> None:
         _require(self.n_random >= 1, "eval.n_random", "an integer >= 1", self.n_random)
@@ -309,6 +337,12 @@ class EvalConfig:
                  self.proxy_search_rounds)
         _require(1 <= self.proxy_search_candidates <= 4096, "eval.proxy_search_candidates", "an integer in [1, 4096]",
                  self.proxy_search_candidates)
+        _require(0 <= self.proxy_search_mutations <= 4096, "eval.proxy_search_mutations",
+                 "an integer >= 0 (0: every parameter)", self.proxy_search_mutations)
+        _require(0 <= self.lookup_candidates <= 4096, "eval.lookup_candidates", "an integer in [0, 4096]",
+                 self.lookup_candidates)
+        _require(0 <= self.best_of_k <= 4096, "eval.best_of_k", "an integer in [0, 4096] (0 skips it)",
+                 self.best_of_k)
         _require(0.0 < self.proxy_search_sigma <= 1.0, "eval.proxy_search_sigma", "a number in (0, 1]",
                  self.proxy_search_sigma)
 

@@ -35,9 +35,13 @@ from proxies.params import SynthSpec
 from proxies.synth import Synth, get_synth
 from training.config import DataConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every shard stores each preset's pitch and velocity
 SPLITS = ("train", "val", "test")
+#: with ``data.note_range``: the training presets rendered again at ``data.note`` (the nearest-neighbour
+#: lookup's gallery at the held-out sets' note)
+GALLERY = "gallery"
 _SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "factory": 4}
+_NOTE_STREAM = 100  # added to the split's stream: the notes' own random stream
 _HIST_BINS = 20
 _HIST_ALPHA = 0.5  # additive smoothing (pseudo-count per bin / choice) of the factory prior
 
@@ -145,11 +149,33 @@ def sample_presets(
 def split_presets(cfg: DataConfig, split: str, factory_prior: FactoryPrior | None = None) -> np.ndarray:
     """The deterministic presets [n_split, n_params] of ``split`` (train / val / test)."""
     synth = synth_of(cfg)
+    if split == GALLERY:
+        split = "train"
     n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
     if cfg.factory_prior_weight > 0 and factory_prior is None:
         factory_prior = fit_factory_prior(synth.spec, factory_presets(synth)[1])
     rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM[split]])
     return sample_presets(synth, rng, n, factory_prior, cfg.factory_prior_weight, dict(cfg.frozen))
+
+
+def split_notes(cfg: DataConfig, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch [n], velocity [n]) int64 of ``split``'s presets: drawn uniformly from
+    ``data.note_range`` / ``data.velocity_range`` for train and val (seeded), ``data.note`` /
+    ``data.velocity`` for the test split, the gallery, and when no range is set."""
+    pitch = np.full(n, int(cfg.note), np.int64)
+    velocity = np.full(n, int(cfg.velocity), np.int64)
+    if split in ("train", "val"):
+        rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM[split] + _NOTE_STREAM])
+        if cfg.note_range:
+            pitch = rng.integers(cfg.note_range[0], cfg.note_range[1] + 1, n)
+        if cfg.velocity_range:
+            velocity = rng.integers(cfg.velocity_range[0], cfg.velocity_range[1] + 1, n)
+    return pitch.astype(np.int64), velocity.astype(np.int64)
+
+
+def dataset_splits(cfg: DataConfig) -> tuple[str, ...]:
+    """The splits a data config renders: train, val, test, and the gallery with a note range."""
+    return SPLITS + ((GALLERY,) if cfg.note_range else ())
 
 
 def factory_eval_presets(cfg: DataConfig, n: int) -> tuple[list[str], np.ndarray]:
@@ -196,21 +222,25 @@ class EngineRenderer:
         if engine is not None:
             engine.close()
 
-    def notes(self, pitch: int | None = None) -> tuple[Any, ...]:
+    def notes(self, pitch: int | None = None, velocity: int | None = None) -> tuple[Any, ...]:
         from proxies.notes import Note
 
         c = self.cfg
-        return (Note(pitch=c.note if pitch is None else int(pitch), velocity=c.velocity, start_s=0.0, hold_s=c.hold_s),)
+        return (Note(pitch=c.note if pitch is None else int(pitch), velocity=c.velocity if velocity is None
+                     else int(velocity), start_s=0.0, hold_s=c.hold_s),)
 
-    def render(self, normalized: np.ndarray, pitch: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def render(self, normalized: np.ndarray, pitch: Any = None, velocity: Any = None) -> tuple[np.ndarray, np.ndarray]:
         if self._engine is None:
             raise RuntimeError("EngineRenderer.render outside its `with` block; use `with EngineRenderer(cfg) as r:`")
         normalized = np.asarray(normalized, dtype=np.float64)
-        if pitch is None:
+        if pitch is None and velocity is None:
             notes: Any = self.notes()
         else:
-            pitches = np.broadcast_to(np.asarray(pitch, dtype=np.int64), (len(normalized),))
-            notes = [self.notes(int(p)) for p in pitches]
+            n = len(normalized)
+            pitches = np.broadcast_to(np.asarray(self.cfg.note if pitch is None else pitch, dtype=np.int64), (n,))
+            vels = np.broadcast_to(np.asarray(self.cfg.velocity if velocity is None else velocity, dtype=np.int64),
+                                   (n,))
+            notes = [self.notes(int(p), int(v)) for p, v in zip(pitches, vels)]
         audio, failures = self._engine.render(normalized, notes, self.cfg.duration_s)
         audio = np.asarray(audio, dtype=np.float32)
         n_samples = self.cfg.n_samples
@@ -243,12 +273,15 @@ def _failure_index(f: Any) -> int:
 @dataclass(frozen=True)
 class Split:
     """One split in memory: ``audio`` [N, C, T] (float16 or float32, C the synth's channels), ``normalized`` and
-    ``internal`` [N, n_params], ``index`` [N] (row in the split's preset list)."""
+    ``internal`` [N, n_params], ``index`` [N] (row in the split's preset list), ``pitch`` and
+    ``velocity`` [N] (the MIDI note each preset was rendered with)."""
 
     audio: np.ndarray
     normalized: np.ndarray
     internal: np.ndarray
     index: np.ndarray
+    pitch: np.ndarray
+    velocity: np.ndarray
 
     def __len__(self) -> int:
         return len(self.index)
@@ -261,6 +294,12 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    gallery: Split | None = None  # the training presets at data.note (with data.note_range), else None
+
+    @property
+    def lookup(self) -> Split:
+        """The nearest-neighbour gallery at the held-out sets' note: ``gallery``, else ``train``."""
+        return self.gallery if self.gallery is not None else self.train
 
 
 def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | None) -> dict[str, Any]:
@@ -273,6 +312,7 @@ def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | Non
     if not fields["spec"]:  # a registered synth: its spec is in spec_sha256
         fields.pop("spec")
     spec_hash = hashlib.sha256(json.dumps(spec.table(), sort_keys=True, default=str).encode()).hexdigest()
+    fields["note_range"], fields["velocity_range"] = list(cfg.note_range), list(cfg.velocity_range)  # as JSON has them
     return {
         "format_version": FORMAT_VERSION,
         "data": fields,
@@ -297,8 +337,10 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
     root.mkdir(parents=True, exist_ok=True)
     for tmp in root.glob("*.tmp*"):  # leftovers of a killed writer
         tmp.unlink(missing_ok=True)
-    presets = {s: split_presets(cfg, s, prior) for s in SPLITS}
-    plan = [(s, k, rows) for s in SPLITS for k, rows in enumerate(_shard_rows(len(presets[s]), cfg.shard_size))]
+    splits = dataset_splits(cfg)
+    presets = {s: split_presets(cfg, s, prior) for s in splits}
+    notes = {s: split_notes(cfg, s, len(presets[s])) for s in splits}
+    plan = [(s, k, rows) for s in splits for k, rows in enumerate(_shard_rows(len(presets[s]), cfg.shard_size))]
 
     manifest_path = root / "manifest.json"
     manifest = _read_json(manifest_path) or {}
@@ -310,7 +352,7 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
     todo = []
     for split, k, rows in plan:
         name = f"{split}-{k:04d}.npz"
-        if _shard_valid(root / name, presets[split][rows], rows, cfg, synth.channels):
+        if _shard_valid(root / name, presets[split][rows], notes[split][0][rows], rows, cfg, synth.channels):
             continue
         todo.append((split, k, rows, name))
     if todo:
@@ -321,7 +363,8 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
         t0 = time.perf_counter()
         with EngineRenderer(cfg) as renderer, _progress(n_render, progress) as bar:
             for split, k, rows, name in todo:
-                audio, ok = _render_chunks(renderer, presets[split][rows], bar)
+                pitch, velocity = (x[rows] for x in notes[split])
+                audio, ok = _render_chunks(renderer, presets[split][rows], pitch, velocity, bar)
                 rows_ok = np.asarray(rows)[ok]
                 failed = np.asarray(rows)[~ok]
                 if len(failed):
@@ -330,7 +373,8 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
                 normalized = presets[split][rows_ok]
                 atomic_savez(root / name, audio=audio[ok].astype(cfg.audio_dtype), normalized=normalized,
                               internal=np.asarray(spec.normalized_to_internal(normalized), dtype=np.float32),
-                              index=rows_ok.astype(np.int64), failed=failed.astype(np.int64))
+                              index=rows_ok.astype(np.int64), failed=failed.astype(np.int64),
+                              pitch=pitch[ok], velocity=velocity[ok])
                 shards_info[name] = {"split": split, "rows": len(rows), "kept": int(ok.sum()),
                                      "failed": failed.tolist()}
                 _write_json(manifest_path, _manifest(fingerprint, cfg, shards_info, complete=False))
@@ -343,8 +387,8 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
     manifest = _manifest(fingerprint, cfg, shards_info, complete=True)
     manifest["render_stats"] = render_stats
     _write_json(manifest_path, manifest)
-    splits = {s: _load_split(root, s, [k for (sp, k, _) in plan if sp == s]) for s in SPLITS}
-    return Dataset(root=root, manifest=manifest, **splits)
+    loaded = {s: _load_split(root, s, [k for (sp, k, _) in plan if sp == s]) for s in splits}
+    return Dataset(root=root, manifest=manifest, **loaded)
 
 
 def _manifest(fingerprint: dict[str, Any], cfg: DataConfig, shards: dict[str, Any], complete: bool) -> dict:
@@ -352,7 +396,8 @@ def _manifest(fingerprint: dict[str, Any], cfg: DataConfig, shards: dict[str, An
         "fingerprint": fingerprint,
         "complete": complete,
         "n_samples": cfg.n_samples,
-        "splits": {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test},
+        "splits": {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test,
+                   **({GALLERY: cfg.n_train} if cfg.note_range else {})},
         "shards": dict(sorted(shards.items())),
     }
 
@@ -361,23 +406,26 @@ def _shard_rows(n: int, shard_size: int) -> list[np.ndarray]:
     return [np.arange(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
 
 
-def _render_chunks(renderer: EngineRenderer, normalized: np.ndarray, bar: Any, chunk: int = 64):
+def _render_chunks(renderer: EngineRenderer, normalized: np.ndarray, pitch: np.ndarray, velocity: np.ndarray,
+                   bar: Any, chunk: int = 64):
     audios, oks = [], []
     for a in range(0, len(normalized), chunk):
-        audio, ok = renderer.render(normalized[a:a + chunk])
+        audio, ok = renderer.render(normalized[a:a + chunk], pitch[a:a + chunk], velocity[a:a + chunk])
         audios.append(audio)
         oks.append(ok)
         bar.update(len(audio))
     return np.concatenate(audios), np.concatenate(oks)
 
 
-def _shard_valid(path: Path, expected: np.ndarray, rows: np.ndarray, cfg: DataConfig, channels: int) -> bool:
-    """A finished shard: readable, complete, and holding exactly the expected presets."""
+def _shard_valid(path: Path, expected: np.ndarray, pitch: np.ndarray, rows: np.ndarray, cfg: DataConfig,
+                 channels: int) -> bool:
+    """A finished shard: readable, complete, and holding exactly the expected presets and notes."""
     if not path.is_file():
         return False
     try:
         with np.load(path) as z:
             index, failed, normalized = z["index"], z["failed"], z["normalized"]
+            stored_pitch = z["pitch"]
             audio_shape, audio_dtype = z["audio"].shape, z["audio"].dtype
             _ = z["internal"].shape
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -386,11 +434,13 @@ def _shard_valid(path: Path, expected: np.ndarray, rows: np.ndarray, cfg: DataCo
         return False
     if audio_shape != (len(index), channels, cfg.n_samples) or str(audio_dtype) != cfg.audio_dtype:
         return False
-    return bool(np.array_equal(normalized, expected[index - rows[0]]))
+    return bool(np.array_equal(normalized, expected[index - rows[0]])
+                and np.array_equal(stored_pitch, pitch[index - rows[0]]))
 
 
 def _load_split(root: Path, split: str, shard_ids: Sequence[int]) -> Split:
-    parts: dict[str, list[np.ndarray]] = {"audio": [], "normalized": [], "internal": [], "index": []}
+    parts: dict[str, list[np.ndarray]] = {"audio": [], "normalized": [], "internal": [], "index": [], "pitch": [],
+                                          "velocity": []}
     for k in shard_ids:
         with np.load(root / f"{split}-{k:04d}.npz") as z:
             for key in parts:

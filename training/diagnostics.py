@@ -55,20 +55,22 @@ def spectral_gradient_agreement(run_dir: str | Path, n_sounds: int = 64, batch: 
 
     from training.data import build_dataset
     from training.evaluate_core import load_predictor
-    from training.heads import relaxed_inputs
+    from training.heads import note_features, relaxed_inputs
     from training.models import make_model
     from training.proxy_loss import make_distance_fn, make_proxy_render
 
     pred = load_predictor(run_dir, "best")
     cfg, layout = pred.cfg, pred.layout
-    data = build_dataset(cfg.data, progress=False, log=lambda *_: None).train
+    data = build_dataset(cfg.data, progress=False, log=lambda *_: None).lookup  # at data.note: the proxy's note
     model = make_model(cfg.model, layout)
     render_fn, distance_fn = make_proxy_render(cfg.data), make_distance_fn(cfg.loss)
+
+    note = note_features(np.full(batch, cfg.data.note), np.full(batch, cfg.data.velocity), np)
 
     @jax.jit
     def predict(audio):
         features = (pred.feature_fn(audio) - pred.feature_mean) / pred.feature_std
-        return model.apply({"params": pred.params}, features)
+        return model.apply({"params": pred.params}, features, note[:audio.shape[0]])
 
     def loss(cont, logits, target, key):
         n, probs = relaxed_inputs(layout, {"continuous": cont, "logits": logits}, straight_through=True)

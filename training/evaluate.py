@@ -239,10 +239,14 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             audio, ok = render_rows(presets, np.arange(len(presets)))
             return score_mss(audio, targets.audio, ok, sr), audio
 
-        # -- model
-        predictor.predict_normalized(targets.model_input[:1])  # compile outside the timing
+        # -- model: hears each target at its own note when it was trained on it, else transposed to data.note
+        lo, hi = (data.note_range or (data.note, data.note))[:2]
+        inside = (targets.notes >= lo) & (targets.notes <= hi)
+        heard = np.where(inside[:, None, None], targets.audio, targets.model_input)
+        heard_note = np.where(inside, targets.notes, data.note)
+        predictor.predict_normalized(heard[:1], heard_note[:1])  # compile outside the timing
         t0 = time.perf_counter()
-        pred, probs = predictor.predict(targets.model_input)  # probs: where model+proxy_search draws choices
+        pred, probs = predictor.predict(heard, heard_note)
         t_model = time.perf_counter() - t0
         methods["model"] = Method(pred, t_model, 0.0)
         t0 = time.perf_counter()
@@ -300,23 +304,35 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             notes.append(f"model+refine's wall time leaves out the one-off compilation of the proxy's gradient "
                          f"({compile_s:.0f} s here; once per machine, shape and proxy version, then cached)")
 
-        # -- model + proxy-guided search (proxy forward renders only: no plugin, no gradient)
+        # -- the model's candidates ranked by the proxy, then the proxy-guided search (proxy forward
+        # renders only: no plugin, no gradient): the fit's own rows (evaluate_core.model_rows), per note
         rounds = cfg.eval.proxy_search_rounds if args.proxy_search_rounds is None else args.proxy_search_rounds
-        if rounds > 0 and has_proxy:
-            from training.proxy_search import proxy_search
+        if has_proxy and (rounds > 0 or cfg.eval.best_of_k > 0):
+            from training.evaluate_core import model_rows
 
-            say(f"[eval] model+proxy_search: {rounds} rounds of "
-                f"{cfg.eval.proxy_search_candidates} proxy renders per target")
-            t0 = time.perf_counter()
-            found = pred.copy()
+            run_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, proxy_search_rounds=rounds))
+            row_predictor = dataclasses.replace(predictor, cfg=run_cfg)
+            say(f"[eval] model+best_of_k ({run_cfg.eval.best_of_k} candidates) and model+proxy_search ({rounds} rounds "
+                f"of {cfg.eval.proxy_search_candidates} proxy renders) per target")
+            got: dict[str, np.ndarray] = {}
+            spent: dict[str, float] = {}
             for note in np.unique(targets.notes):
                 rows = np.flatnonzero(targets.notes == note)
-                res = proxy_search(dataclasses.replace(data, note=int(note)), predictor.layout, pred[rows],
-                                   [q[rows] for q in probs], targets.audio[rows], rounds=rounds,
-                                   candidates=cfg.eval.proxy_search_candidates, sigma=cfg.eval.proxy_search_sigma,
-                                   seed=args.seed)
-                found[rows] = res.presets
-            methods["model+proxy_search"] = Method(found, t_model + time.perf_counter() - t0, 0.0, {"rounds": rounds})
+                picked: dict[str, np.ndarray] = {}
+
+                def keep(presets: np.ndarray) -> dict[str, np.ndarray]:
+                    picked[f"#{len(picked)}"] = presets
+                    return {}
+
+                out = model_rows(row_predictor, targets.audio[rows], keep, args.seed, note=int(note),
+                                 model_input=heard[rows], model_note=int(heard_note[rows[0]]))
+                for (name, (_, per_target, _r)), presets in zip(out.items(), picked.values()):
+                    got.setdefault(name, pred.copy())[rows] = presets
+                    spent[name] = spent.get(name, 0.0) + per_target * len(rows)
+            for name in ("model+best_of_k", "model+proxy_search"):
+                if name in got:
+                    methods[name] = Method(got[name], spent[name], 0.0, {"rounds": rounds,
+                                                                         "best_of_k": run_cfg.eval.best_of_k})
 
         # -- model + CMA-ES
         if args.search_renders > 0:
@@ -427,8 +443,10 @@ def summarise(args: argparse.Namespace, cfg: Any, targets: TargetSet, methods: d
         elif name == "cma_mean":
             desc += f" ({args.cma_renders} renders)"
         elif name == "model+proxy_search":
-            desc += (f" ({m.extra['rounds']} x {cfg.eval.proxy_search_candidates} proxy renders, "
-                     "compilation included)")
+            desc += (f" ({m.extra['best_of_k']} + {m.extra['rounds']} x {cfg.eval.proxy_search_candidates} proxy "
+                     "renders, compilation included)")
+        elif name == "model+best_of_k":
+            desc += f" ({m.extra['best_of_k']} proxy renders, compilation included)"
         elif name == "param_only":
             desc += f" ({m.extra.get('run')})"
         out_methods[name] = {

@@ -31,7 +31,8 @@ import numpy as np
 from training.config import Config, from_dict
 from training.data import Dataset, EngineRenderer, factory_eval_presets, synth_of
 from training.features import make_feature_fn
-from training.heads import HeadLayout, hard_normalized, head_layout, probabilities
+from training.heads import (HeadLayout, candidate_presets, hard_normalized, head_layout, note_features,
+                            probabilities)
 from training.models import make_model
 from training.state import network_outputs
 
@@ -56,12 +57,13 @@ class Predictor:
     def __post_init__(self) -> None:
         self._apply = _predict_fn(self.cfg.model, self.layout, self.feature_fn)
 
-    def predict_normalized(self, audio: np.ndarray) -> np.ndarray:
-        return self.predict(audio)[0]
+    def predict_normalized(self, audio: np.ndarray, pitch: Any = None, velocity: Any = None) -> np.ndarray:
+        return self.predict(audio, pitch, velocity)[0]
 
-    def predict(self, audio: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """``(presets [B, n_params], probabilities)``: the presets of :meth:`predict_normalized`
-        and, per categorical learned parameter, the encoder's choice probabilities [B, n_choices]."""
+    def outputs(self, audio: np.ndarray, pitch: Any = None, velocity: Any = None) -> dict[str, Any]:
+        """The network's outputs (host arrays, ``training.heads``) for real-engine audio
+        [B, C, T] playing MIDI ``pitch`` / ``velocity`` (ints or [B]; default the run's
+        ``data.note`` / ``data.velocity``), ``eval.batch_size`` at a time (one compiled shape)."""
         audio = np.asarray(audio)
         n_samples = self.cfg.data.n_samples
         channels = synth_of(self.cfg.data).channels
@@ -69,27 +71,49 @@ class Predictor:
             raise ValueError(f"expected audio of shape [batch, {channels}, {n_samples}] ({self.cfg.data.duration_s} s "
                              f"at {self.cfg.data.sample_rate} Hz, {channels} channel(s)), got {audio.shape}; render "
                              "or resample the target with the run's data settings")
+        n = len(audio)
+        pitch = np.broadcast_to(np.asarray(self.cfg.data.note if pitch is None else pitch, np.float32), (n,))
+        velocity = np.broadcast_to(np.asarray(self.cfg.data.velocity if velocity is None else velocity, np.float32),
+                                   (n,))
+        note = np.asarray(note_features(pitch, velocity, np), np.float32)
         bs = self.cfg.eval.batch_size
-        out, probs = [], []
-        for a in range(0, len(audio), bs):
+        parts = []
+        for a in range(0, n, bs):
             chunk = audio[a:a + bs]
-            padded = np.pad(chunk, ((0, bs - len(chunk)), (0, 0), (0, 0)))  # one compiled shape
-            normalized, p = self._apply(self.params, self.feature_mean, self.feature_std, jnp.asarray(padded))
-            out.append(np.asarray(normalized)[:len(chunk)])
-            probs.append([np.asarray(q)[:len(chunk)] for q in p])
-        normalized = np.concatenate(out) if out else np.zeros((0, self.layout.spec.n_params))
-        probs_t = tuple(np.concatenate([b[j] for b in probs]) if probs else np.zeros((0, k))
-                        for j, k in enumerate(self.layout.n_choices))
-        return np.asarray(self.layout.spec.snap_normalized(normalized.astype(np.float64)), dtype=np.float64), probs_t
+            pad = bs - len(chunk)
+            out = self._apply(self.params, self.feature_mean, self.feature_std,
+                              jnp.asarray(np.pad(chunk, ((0, pad), (0, 0), (0, 0)))),  # one compiled shape
+                              jnp.asarray(np.pad(note[a:a + bs], ((0, pad), (0, 0)))))
+            parts.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], jax.device_get(out)))
+        if not parts:
+            raise ValueError("expected at least one sound to predict, got none")
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+    def predict(self, audio: np.ndarray, pitch: Any = None, velocity: Any = None
+                ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """``(presets [B, n_params], probabilities)``: the network's one preset per sound
+        (normalized, snapped to the synth's grid) and, per categorical learned parameter, its
+        choice probabilities [B, n_choices]."""
+        out = self.outputs(audio, pitch, velocity)
+        return self.presets(out), tuple(np.asarray(p) for p in probabilities(out))
+
+    def presets(self, outputs: dict[str, Any]) -> np.ndarray:
+        """The one preset [B, n_params] of :meth:`outputs` (normalized, snapped)."""
+        normalized = np.asarray(hard_normalized(self.layout, outputs), np.float64)
+        return np.asarray(self.layout.spec.snap_normalized(normalized), dtype=np.float64)
+
+    def candidates(self, outputs: dict[str, Any], k: int, seed: int = 0) -> np.ndarray:
+        """``k`` candidate presets per sound [B, k, n_params] from :meth:`outputs`
+        (:func:`training.heads.candidate_presets`; candidate 0 is the one preset)."""
+        return candidate_presets(self.layout, outputs, k, np.random.default_rng([seed, 17]))
 
 
 @functools.lru_cache(maxsize=16)
 def _predict_fn(model_cfg: Any, layout: HeadLayout, feature_fn: Callable) -> Callable:
     model = make_model(model_cfg, layout)
 
-    def apply(params, mean, std, audio):
-        prediction = network_outputs(model.apply, params, mean, std, feature_fn, audio)
-        return hard_normalized(layout, prediction), probabilities(prediction)
+    def apply(params, mean, std, audio, note):
+        return network_outputs(model.apply, params, mean, std, feature_fn, audio, note)
 
     return jax.jit(apply)
 
@@ -112,7 +136,7 @@ def load_predictor(run_dir: str | Path, which: str = "best") -> Predictor:
     model = make_model(cfg.model, layout)
     example = feature_fn(jnp.zeros((1, synth.channels, cfg.data.n_samples), jnp.float32))
     stats_shape = example.shape[-1:] if cfg.features.kind != "raw" else ()
-    params = model.init(jax.random.key(0), example)["params"]
+    params = model.init(jax.random.key(0), example, jnp.zeros((1, 2)))["params"]
     tx, _ = make_optimizer(cfg.optim)
     template = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                                  feature_mean=jnp.zeros(stats_shape), feature_std=jnp.ones(stats_shape))
@@ -211,15 +235,19 @@ def logmel_embeddings(audio: np.ndarray, sample_rate: int, batch_size: int = 64)
     return np.concatenate(out)
 
 
-def nearest_neighbour(train_embeddings: np.ndarray, target_embeddings: np.ndarray) -> np.ndarray:
-    """Index [B] of the training sound closest to each target (Euclidean log-mel distance)."""
+def nearest_neighbour(train_embeddings: np.ndarray, target_embeddings: np.ndarray, k: int = 1) -> np.ndarray:
+    """Index of the training sound closest to each target (Euclidean log-mel distance): [B], or
+    with ``k`` > 1 the ``k`` closest, nearest first, [B, k]."""
     tr = jnp.asarray(train_embeddings, jnp.float32)
     tr_sq = jnp.sum(tr * tr, axis=1)
     out = []
     for a in range(0, len(target_embeddings), 256):
         t = jnp.asarray(target_embeddings[a:a + 256], jnp.float32)
         d = tr_sq[None, :] - 2.0 * t @ tr.T  # + |t|^2, constant per row
-        out.append(np.asarray(jnp.argmin(d, axis=1)))
+        if k == 1:
+            out.append(np.asarray(jnp.argmin(d, axis=1)))
+        else:
+            out.append(np.asarray(jax.lax.top_k(-d, min(k, tr.shape[0]))[1]))
     return np.concatenate(out)
 
 
@@ -245,39 +273,90 @@ def _summarise(m: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
     return out
 
 
+def model_rows(predictor: Predictor, target_audio: np.ndarray, score: Callable[[np.ndarray], dict[str, np.ndarray]],
+               seed: int = 0, note: int | None = None, model_input: np.ndarray | None = None,
+               model_note: int | None = None, lookup: np.ndarray | None = None
+               ) -> dict[str, tuple[dict[str, np.ndarray], float, int]]:
+    """The trained model's rows on one target set, cheapest first: ``model`` (its one preset, no
+    render), ``model+best_of_k`` (its ``eval.best_of_k`` candidates ranked by their proxy
+    render's distance to the target) and ``model+proxy_search`` (a guided search through the
+    proxy from that pick, ``eval.proxy_search_rounds`` x ``eval.proxy_search_candidates`` renders
+    more). Targets play ``note`` (default: the run's ``data.note``). ``score(presets)`` scores
+    presets against the targets (a real-engine re-render). Returns name -> (scores, wall seconds
+    per target, proxy renders per target); the proxy rows need a synth with a proxy. The encoder
+    hears ``model_input`` (default: the targets) playing ``model_note`` (default: ``note``).
+    ``lookup`` [N, L, n_params]: presets of each target's nearest gallery sounds, which join the
+    model's candidates in ``model+proxy_search``'s first ranking (L proxy renders more)."""
+    import dataclasses as _dc
+
+    cfg, layout = predictor.cfg, predictor.layout
+    data = cfg.data if note is None else _dc.replace(cfg.data, note=int(note))
+    n = len(target_audio)
+    rows: dict[str, tuple[dict[str, np.ndarray], float, int]] = {}
+    t0 = time.perf_counter()
+    outs = predictor.outputs(target_audio if model_input is None else model_input,
+                             data.note if model_note is None else model_note, data.velocity)
+    pred = predictor.presets(outs)
+    t_pred = time.perf_counter() - t0
+    rows["model"] = (score(pred), t_pred / max(n, 1), 0)
+    if not synth_of(cfg.data).has_proxy:
+        return rows
+    from training.proxy_search import best_of_k, proxy_search
+
+    start, start_d, spent, renders = pred, None, 0.0, 0
+    if cfg.eval.best_of_k > 0:
+        cands = predictor.candidates(outs, cfg.eval.best_of_k, seed)
+        picked = best_of_k(data, cands, target_audio, seed=seed)
+        start, start_d, spent, renders = picked.presets, picked.proxy_distance, picked.seconds, cfg.eval.best_of_k
+        rows["model+best_of_k"] = (score(start), (t_pred + spent) / max(n, 1), renders)
+        if lookup is not None and lookup.shape[1]:
+            more = best_of_k(data, lookup, target_audio, seed=seed)  # the same proxy noise: comparable distances
+            better = more.proxy_distance < start_d
+            start = np.where(better[:, None], more.presets, start)
+            start_d = np.minimum(more.proxy_distance, start_d)
+            spent += more.seconds
+            renders += lookup.shape[1]
+    if cfg.eval.proxy_search_rounds > 0:
+        probs = tuple(np.asarray(p) for p in probabilities(outs))
+        found = proxy_search(data, layout, start, probs, target_audio, rounds=cfg.eval.proxy_search_rounds,
+                             candidates=cfg.eval.proxy_search_candidates, sigma=cfg.eval.proxy_search_sigma,
+                             seed=seed, start_distance=start_d, mutations=cfg.eval.proxy_search_mutations)
+        rows["model+proxy_search"] = (score(found.presets), (t_pred + spent + found.seconds) / max(n, 1),
+                                      renders + found.renders_per_target - (start_d is not None))
+    return rows
+
+
 def evaluate_targets(predictor: Predictor, renderer: EngineRenderer, target_audio: np.ndarray,
-                     target_normalized: np.ndarray, train_normalized: np.ndarray, train_embeddings: np.ndarray,
-                     mean: np.ndarray) -> dict[str, dict[str, float]]:
-    """Model, mean-preset and nearest-neighbour scores on one target set."""
+                     target_normalized: np.ndarray, lookup_normalized: np.ndarray, lookup_embeddings: np.ndarray,
+                     mean: np.ndarray, log: Callable[[str], None] = print, set_name: str = "") -> dict[str, dict[str, float]]:
+    """Model rows (:func:`model_rows`), mean-preset and nearest-neighbour scores on one target
+    set (at the run's ``data.note``). ``lookup_*``: the nearest-neighbour gallery (presets and
+    log-mel embeddings of their renders at that note)."""
     layout, cfg = predictor.layout, predictor.cfg
     sr = cfg.data.sample_rate
     results = {}
-    t0 = time.perf_counter()
-    pred, probs = predictor.predict(target_audio)
-    t_pred = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    m = score_presets(renderer, layout, pred, target_audio, target_normalized, sr)
-    t_render = (time.perf_counter() - t0) / 2
-    results["model"] = _summarise(m, t_pred + t_render)
 
-    if cfg.eval.proxy_search_rounds > 0 and synth_of(cfg.data).has_proxy:
-        from training.proxy_search import proxy_search
-
-        found = proxy_search(cfg.data, layout, pred, probs, target_audio, rounds=cfg.eval.proxy_search_rounds,
-                             candidates=cfg.eval.proxy_search_candidates, sigma=cfg.eval.proxy_search_sigma,
-                             seed=cfg.run.seed)
-        m = score_presets(renderer, layout, found.presets, target_audio, target_normalized, sr)
-        results["model+proxy_search"] = _summarise(m, t_pred + found.seconds + t_render)
+    def score(presets: np.ndarray) -> dict[str, np.ndarray]:
+        return score_presets(renderer, layout, presets, target_audio, target_normalized, sr)
 
     t0 = time.perf_counter()
-    means = np.broadcast_to(mean, pred.shape).copy()
+    near = nearest_neighbour(lookup_embeddings, logmel_embeddings(target_audio, sr), k=max(cfg.eval.lookup_candidates, 1))
+    near = near.reshape(len(target_audio), -1)
+    t_lookup = time.perf_counter() - t0
+    lookup = lookup_normalized[near[:, :cfg.eval.lookup_candidates]]
+    for name, (m, per_target_s, proxy_renders) in model_rows(predictor, target_audio, score, cfg.run.seed,
+                                                             lookup=lookup).items():
+        results[name] = {**_summarise(m, 0.0), "seconds_per_target": per_target_s, "proxy_renders": proxy_renders}
+        log(f"[eval] {set_name} {name}: mss {results[name]['mss']:.4f} ({per_target_s:.3f} s per target)")
+
+    t0 = time.perf_counter()
+    means = np.broadcast_to(mean, (len(target_audio), len(mean))).copy()
     m = score_presets(renderer, layout, means, target_audio, target_normalized, sr)
-    results["mean_preset"] = _summarise(m, time.perf_counter() - t0)
+    results["mean_preset"] = _summarise(m, 0.0)
 
-    t0 = time.perf_counter()
-    nn_idx = nearest_neighbour(train_embeddings, logmel_embeddings(target_audio, sr))
-    m = score_presets(renderer, layout, train_normalized[nn_idx], target_audio, target_normalized, sr)
-    results["nearest_neighbour"] = _summarise(m, time.perf_counter() - t0)
+    m = score_presets(renderer, layout, lookup_normalized[near[:, 0]], target_audio, target_normalized, sr)
+    results["nearest_neighbour"] = {**_summarise(m, 0.0), "seconds_per_target": t_lookup / max(len(target_audio), 1)}
+    log(f"[eval] {set_name} nearest_neighbour: mss {results['nearest_neighbour']['mss']:.4f}")
     return results
 
 
@@ -288,8 +367,8 @@ def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: Engi
     ``renderer`` (an entered :class:`EngineRenderer`) or opens its own."""
     t0 = time.perf_counter()
     layout = predictor.layout
-    train = dataset.train
-    train_emb = logmel_embeddings(train.audio, cfg.data.sample_rate)
+    train, lookup = dataset.train, dataset.lookup
+    lookup_emb = logmel_embeddings(lookup.audio, cfg.data.sample_rate)
     mean = mean_preset(layout, train.normalized)
     out: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
@@ -298,7 +377,7 @@ def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: Engi
         n = cfg.eval.n_random
         test = dataset.test
         out["random"] = evaluate_targets(predictor, renderer, test.audio[:n].astype(np.float32),
-                                         test.normalized[:n], train.normalized, train_emb, mean)
+                                         test.normalized[:n], lookup.normalized, lookup_emb, mean, log, "random")
         if cfg.eval.n_factory > 0:
             names, factory = factory_eval_presets(cfg.data, cfg.eval.n_factory)
             factory_audio, ok = renderer.render(factory)
@@ -306,7 +385,7 @@ def evaluate(predictor: Predictor, dataset: Dataset, cfg: Config, renderer: Engi
                 log(f"[eval] {int((~ok).sum())} factory preset(s) failed to render and are skipped: "
                     f"{[nm for nm, k in zip(names, ok) if not k][:5]}")
             out["factory"] = evaluate_targets(predictor, renderer, factory_audio[ok], factory[ok],
-                                              train.normalized, train_emb, mean)
+                                              lookup.normalized, lookup_emb, mean, log, "factory")
     methods = [m for m in METHODS if any(m in v for v in out.values())]
     result = {"eval": out, "eval_methods": {m: METHOD_NOTES[m] for m in methods},
               "timing": {"eval_s": time.perf_counter() - t0}}

@@ -61,7 +61,7 @@ def dataset_bytes(cfg: Config) -> tuple[int, int, Path, int]:
 
     d = cfg.data
     synth = synth_of(d)
-    n = d.n_train + d.n_val + d.n_test
+    n = d.n_train * (2 if d.note_range else 1) + d.n_val + d.n_test  # with a note range: the gallery split too
     per = synth.channels * d.n_samples * np.dtype(d.audio_dtype).itemsize + synth.spec.n_params * (8 + 4) + 16
     prior = fit_factory_prior(synth.spec, factory_presets(synth)[1]) if d.factory_prior_weight > 0 else None
     root = dataset_dir(d, data_fingerprint(d, synth.spec, prior))
@@ -93,13 +93,14 @@ def preflight(cfg: Config, args: argparse.Namespace, log=print) -> None:
                               "write; expected a new or empty folder, or a run to resume. Fix: pick another "
                               "run.name (--set run.name=...) or run.runs_dir")
     d = cfg.data
-    n = d.n_train + d.n_val + d.n_test
+    n = d.n_train * (2 if d.note_range else 1) + d.n_val + d.n_test
     if cfg.optim.steps > MAX_STEPS and not args.allow_large:
         raise ConfigError(f"optim.steps: expected at most {MAX_STEPS:,} steps, got {cfg.optim.steps:,} (a typo costs "
                           "days); fix: lower optim.steps, or pass --allow-large if you mean it")
     total, have, root, channels = dataset_bytes(cfg)
     need = max(0, total - have)
-    what = (f"the dataset ({d.n_train:,} + {d.n_val:,} + {d.n_test:,} = {n:,} presets x {channels} channel(s) x "
+    gallery = f" + {d.n_train:,} (gallery)" if d.note_range else ""
+    what = (f"the dataset ({d.n_train:,}{gallery} + {d.n_val:,} + {d.n_test:,} = {n:,} presets x {channels} channel(s) x "
             f"{d.n_samples:,} samples x {d.audio_dtype}) takes {_gb(total)}")
     if (n > MAX_PRESETS or total > MAX_DATASET_BYTES) and not args.allow_large:
         raise ConfigError(f"data.n_train: {what}; expected at most {MAX_PRESETS:,} presets and "

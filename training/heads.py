@@ -6,8 +6,19 @@ Continuous ones get a bounded output (sigmoid, normalized [0, 1]); each categori
 softmax over its choices. Everything else takes the base preset's value (the spec default, or
 the frozen value).
 
-A prediction is a dict ``{"continuous": [B, n_continuous] in (0, 1), "logits": (per categorical
-parameter: [B, n_choices])}``.
+A prediction is a dict ``{"continuous": [B, n_continuous] in [0, 1], "logits": (per categorical
+parameter: [B, n_choices])}``: the one preset the network answers with. Heads that represent many
+answers (``model.head``) add their distribution:
+
+* ``regression``: nothing more (a sigmoid per continuous parameter; the mean of the presets
+  that sound alike, which may sound like none of them).
+* ``bins``: ``"bins"`` [B, n_continuous, n_bins], logits over ``n_bins`` ordinal values per
+  continuous parameter (:data:`bin_centers`, 0..1). Its one preset takes, per parameter, the
+  softmax-weighted mean of the most probable bin and its two neighbours (a mode, not the mean of
+  the modes); candidates are drawn from the bins (:func:`candidate_presets`).
+* ``mixture``: ``"hyp_continuous"`` [B, K, n_continuous], ``"hyp_logits"`` (per categorical:
+  [B, K, k]) and ``"hyp_score"`` [B, K]: K whole presets, trained winner-takes-all, and which
+  of them the network believes in; its one preset is the best-scored hypothesis.
 """
 
 from __future__ import annotations
@@ -76,6 +87,77 @@ def head_layout(spec: SynthSpec, frozen: Mapping[str, float] | None = None) -> H
     return HeadLayout(spec, cont, cat, tuple(spec.params[i].n_steps + 1 for i in cat), tuple(map(float, base)))
 
 
+# ------------------------------------------------------------------------- the note heard
+def note_features(pitch: Any, velocity: Any, xp: Any = jnp) -> Any:
+    """The note a sound plays, as the encoder's extra input [B, 2]: ((pitch - 60) / 24,
+    (velocity - 100) / 27) for MIDI pitch and velocity [B] (about unit scale over the keyboard)."""
+    pitch = xp.asarray(pitch, dtype=xp.float32)
+    velocity = xp.asarray(velocity, dtype=xp.float32)
+    return xp.stack([(pitch - 60.0) / 24.0, (velocity - 100.0) / 27.0], axis=-1)
+
+
+# ------------------------------------------------------------------------- head kinds
+HEAD_KINDS = ("regression", "bins", "mixture")
+
+
+def bin_centers(n_bins: int, xp: Any = jnp) -> Any:
+    """The ordinal values [n_bins] of the ``bins`` head: evenly from 0 to 1 (both ends reachable)."""
+    return xp.linspace(0.0, 1.0, n_bins, dtype=xp.float32)
+
+
+def head_width(layout: HeadLayout, head: str, bins: int, hypotheses: int) -> int:
+    """Outputs of the last dense layer for a head kind."""
+    per_preset = layout.n_continuous + sum(layout.n_choices)
+    if head == "regression":
+        return per_preset
+    if head == "bins":
+        return layout.n_continuous * bins + sum(layout.n_choices)
+    if head == "mixture":
+        return hypotheses * (per_preset + 1)
+    raise ValueError(f"model.head: expected one of {', '.join(HEAD_KINDS)}, got {head!r}")
+
+
+def _split_logits(x: jax.Array, n_choices: tuple[int, ...]) -> tuple[jax.Array, ...]:
+    out, start = [], 0
+    for k in n_choices:
+        out.append(x[..., start:start + k])
+        start += k
+    return tuple(out)
+
+
+def bins_point(bin_logits: jax.Array) -> jax.Array:
+    """The one value [..., n] of bin logits [..., n, n_bins]: the softmax-weighted mean over the
+    most probable bin and its neighbours (differentiable in those logits)."""
+    n_bins = bin_logits.shape[-1]
+    p = jax.nn.softmax(bin_logits, axis=-1)
+    mode = jnp.argmax(bin_logits, axis=-1)[..., None]
+    near = (jnp.abs(jnp.arange(n_bins) - mode) <= 1).astype(p.dtype)
+    w = p * near
+    return jnp.sum(w * bin_centers(n_bins), axis=-1) / jnp.sum(w, axis=-1)
+
+
+def head_outputs(layout: HeadLayout, head: str, bins: int, hypotheses: int, out: jax.Array) -> Prediction:
+    """The prediction dict of a head kind from the last dense layer's output [B, head_width]."""
+    nc = layout.n_continuous
+    if head == "regression":
+        return {"continuous": jax.nn.sigmoid(out[:, :nc]), "logits": _split_logits(out[:, nc:], layout.n_choices)}
+    if head == "bins":
+        bin_logits = out[:, :nc * bins].reshape(out.shape[0], nc, bins)
+        return {"continuous": bins_point(bin_logits), "logits": _split_logits(out[:, nc * bins:], layout.n_choices),
+                "bins": bin_logits}
+    if head == "mixture":
+        b, k = out.shape[0], hypotheses
+        score = out[:, -k:]
+        hyp = out[:, :-k].reshape(b, k, -1)
+        hyp_cont = jax.nn.sigmoid(hyp[..., :nc])
+        hyp_logits = _split_logits(hyp[..., nc:], layout.n_choices)
+        top = jnp.argmax(score, axis=-1)
+        rows = jnp.arange(b)
+        return {"continuous": hyp_cont[rows, top], "logits": tuple(l[rows, top] for l in hyp_logits),
+                "hyp_continuous": hyp_cont, "hyp_logits": hyp_logits, "hyp_score": score}
+    raise ValueError(f"model.head: expected one of {', '.join(HEAD_KINDS)}, got {head!r}")
+
+
 # ------------------------------------------------------------------------- presets -> targets
 def targets_from_normalized(layout: HeadLayout, normalized: Any) -> dict[str, Any]:
     """Training targets of presets ``normalized`` [B, n_params]: ``continuous`` [B, n_continuous]
@@ -139,3 +221,63 @@ def onehot_prediction(layout: HeadLayout, normalized: Any, confidence: float = 3
     logits = tuple(confidence * jax.nn.one_hot(t["choice"][:, j], k)
                    for j, k in enumerate(layout.n_choices))
     return {"continuous": t["continuous"], "logits": logits}
+
+
+# ---------------------------------------------------------------------- many answers -> candidates
+def _sample_choices(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One index per row of ``probs`` [..., k] (inverse-CDF sampling)."""
+    cdf = np.cumsum(probs, axis=-1)
+    u = rng.random(probs.shape[:-1] + (1,)) * cdf[..., -1:]
+    return np.minimum((cdf < u).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def candidate_presets(layout: HeadLayout, prediction: Mapping[str, Any], k: int, rng: np.random.Generator,
+                      sigma: float = 0.1) -> np.ndarray:
+    """``k`` candidate presets per target [B, k, n_params] (normalized, snapped) from a prediction
+    (host arrays). Candidate 0 is always the network's one preset; the others represent its many
+    answers: drawn from the bins (``bins``), the hypotheses in score order (``mixture``; beyond K,
+    Gaussian steps of ``sigma`` around them), or Gaussian steps of ``sigma`` around the one preset
+    (``regression``). Categoricals other than candidate 0's are drawn from their softmax (a
+    mixture hypothesis keeps its own most probable choice)."""
+    spec = layout.spec
+    cont0 = np.asarray(prediction["continuous"], np.float64)
+    b = cont0.shape[0]
+    probs = [_softmax(l) for l in prediction["logits"]]
+    cont = np.repeat(cont0[:, None], k, axis=1)  # [B, k, nc]
+    choice = np.stack([np.repeat(p.argmax(-1)[:, None], k, axis=1) for p in probs], axis=-1) if probs else         np.zeros((b, k, 0), np.int64)
+    if k > 1:
+        if probs:
+            choice[:, 1:] = np.stack([_sample_choices(rng, np.repeat(p[:, None], k - 1, axis=1)) for p in probs],
+                                     axis=-1)
+        if "bins" in prediction:
+            pb = _softmax(prediction["bins"])  # [B, nc, n_bins]
+            n_bins = pb.shape[-1]
+            drawn = _sample_choices(rng, np.repeat(pb[:, None], k - 1, axis=1))  # [B, k-1, nc]
+            jitter = (rng.random(drawn.shape) - 0.5) / (n_bins - 1)
+            cont[:, 1:] = np.clip(np.asarray(bin_centers(n_bins, np))[drawn] + jitter, 0.0, 1.0)
+        elif "hyp_score" in prediction:
+            order = np.argsort(-np.asarray(prediction["hyp_score"]), axis=-1, kind="stable")  # [B, K]
+            hyp_cont = np.asarray(prediction["hyp_continuous"], np.float64)
+            hyp_choice = [np.asarray(l).argmax(-1) for l in prediction["hyp_logits"]]  # each [B, K]
+            n_hyp = order.shape[1]
+            rows = np.arange(b)[:, None]
+            pick = order[:, np.arange(k) % n_hyp]  # [B, k]: hypotheses in score order, repeated
+            cont = hyp_cont[rows, pick]
+            if probs:
+                choice = np.stack([h[rows, pick] for h in hyp_choice], axis=-1)
+            extra = np.arange(k) >= n_hyp
+            cont[:, extra] = np.clip(cont[:, extra] + sigma * rng.standard_normal(cont[:, extra].shape), 0.0, 1.0)
+        else:
+            cont[:, 1:] = np.clip(cont[:, 1:] + sigma * rng.standard_normal(cont[:, 1:].shape), 0.0, 1.0)
+    out = np.broadcast_to(np.asarray(layout.base_normalized, np.float64), (b, k, spec.n_params)).copy()
+    if layout.continuous:
+        out[..., list(layout.continuous)] = cont
+    for j, (i, n_choices) in enumerate(zip(layout.categorical, layout.n_choices)):
+        out[..., i] = choice[..., j] / (n_choices - 1)
+    return np.asarray(spec.snap_normalized(out.reshape(b * k, -1)), np.float64).reshape(b, k, -1)

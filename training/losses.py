@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from training.config import LossConfig
-from training.heads import HeadLayout, Prediction, relaxed_inputs
+from training.heads import HeadLayout, Prediction, bin_centers, relaxed_inputs
 
 #: ``render_fn(normalized [B, n_params], probs {name: [B, k]}, key) -> audio [B, C, T]``
 RenderFn = Callable[[jax.Array, dict[str, jax.Array], jax.Array], jax.Array]
@@ -28,23 +28,73 @@ RenderFn = Callable[[jax.Array, dict[str, jax.Array], jax.Array], jax.Array]
 DistanceFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+#: winner-takes-all relaxation of the mixture head: the other hypotheses share this much weight
+MIXTURE_EPSILON = 0.05
+#: weight of the mixture head's score (which hypothesis wins) relative to the parameter loss
+MIXTURE_SCORE_WEIGHT = 0.1
+
+
+def _categorical_terms(logits: tuple[jax.Array, ...], choice: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Cross-entropy and accuracy per example and categorical parameter: [..., n_categorical]
+    (logits [..., k] each, choice [..., n_categorical] int)."""
+    if not logits:
+        z = jnp.zeros(choice.shape[:-1] + (0,))
+        return z, z
+    ce = jnp.stack([optax.softmax_cross_entropy_with_integer_labels(l, choice[..., j])
+                    for j, l in enumerate(logits)], axis=-1)
+    acc = jnp.stack([(jnp.argmax(l, axis=-1) == choice[..., j]) for j, l in enumerate(logits)], axis=-1)
+    return ce, acc.astype(jnp.float32)
+
+
+def _mean_or(x: jax.Array, empty: float) -> jax.Array:
+    return jnp.mean(x) if x.size else jnp.full((), empty)
+
+
 def param_loss(prediction: Prediction, targets: dict[str, jax.Array],
                categorical_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Parameter loss of ``prediction`` against ``targets`` (see ``heads.targets_from_normalized``).
+    """Parameter loss of ``prediction`` against ``targets`` (see ``heads.targets_from_normalized``),
+    for each head kind (``training.heads``):
 
-    Returns ``(loss, {"param_mse", "param_ce", "param_acc"})``; MSE averages over batch and
-    continuous parameters, cross-entropy and accuracy over batch and categorical parameters.
+    * one preset (``regression``): MSE on the continuous values + ``categorical_weight`` x the
+      cross-entropy of the categorical heads;
+    * ``bins``: cross-entropy of each continuous parameter's bins against the true value spread
+      over its nearest bins (a Gaussian one bin wide: neighbouring values are near misses), plus
+      the categorical term;
+    * ``mixture``: each hypothesis's regression loss; the best one per example takes
+      1 - :data:`MIXTURE_EPSILON` of the weight (winner-takes-all, relaxed so no hypothesis
+      dies), and the score head learns which hypothesis won.
+
+    Returns ``(loss, {"param_mse", "param_ce", "param_acc"})``, the metrics those of the one
+    preset (``continuous``/``logits``), averaged over batch and parameters.
     """
     cont, target_cont = prediction["continuous"], targets["continuous"]
-    mse = jnp.mean((cont - target_cont) ** 2) if cont.shape[-1] else jnp.zeros(())
-    ces, accs = [], []
-    for j, logits in enumerate(prediction["logits"]):
-        labels = targets["choice"][:, j]
-        ces.append(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-        accs.append(jnp.argmax(logits, axis=-1) == labels)
-    ce = jnp.mean(jnp.stack(ces)) if ces else jnp.zeros(())
-    acc = jnp.mean(jnp.stack(accs).astype(jnp.float32)) if accs else jnp.ones(())
-    return mse + categorical_weight * ce, {"param_mse": mse, "param_ce": ce, "param_acc": acc}
+    mse = _mean_or((cont - target_cont) ** 2, 0.0)
+    ce_point, acc_point = _categorical_terms(tuple(prediction["logits"]), targets["choice"])
+    ce, acc = _mean_or(ce_point, 0.0), _mean_or(acc_point, 1.0)
+    aux = {"param_mse": mse, "param_ce": ce, "param_acc": acc}
+    if "bins" in prediction:
+        bin_logits = prediction["bins"]  # [B, n, n_bins]
+        n_bins = bin_logits.shape[-1]
+        centers = bin_centers(n_bins)
+        soft = jnp.exp(-0.5 * ((centers - target_cont[..., None]) * (n_bins - 1)) ** 2)
+        soft = soft / jnp.sum(soft, axis=-1, keepdims=True)
+        bins_ce = _mean_or(optax.softmax_cross_entropy(bin_logits, soft), 0.0)
+        return bins_ce + categorical_weight * ce, aux
+    if "hyp_score" in prediction:
+        hyp_cont = prediction["hyp_continuous"]  # [B, K, n]
+        k = hyp_cont.shape[1]
+        per_mse = jnp.mean((hyp_cont - target_cont[:, None]) ** 2, axis=-1) if hyp_cont.shape[-1] else \
+            jnp.zeros(hyp_cont.shape[:2])
+        hyp_ce, _ = _categorical_terms(tuple(prediction["hyp_logits"]),
+                                       jnp.broadcast_to(targets["choice"][:, None], hyp_cont.shape[:2] +
+                                                        targets["choice"].shape[-1:]))
+        per_hyp = per_mse + categorical_weight * (jnp.mean(hyp_ce, axis=-1) if hyp_ce.shape[-1] else 0.0)  # [B, K]
+        winner = jnp.argmin(jax.lax.stop_gradient(per_hyp), axis=-1)
+        w = jax.nn.one_hot(winner, k) * (1.0 - MIXTURE_EPSILON - MIXTURE_EPSILON / (k - 1)) + MIXTURE_EPSILON / (k - 1)
+        wta = jnp.mean(jnp.sum(w * per_hyp, axis=-1))
+        score = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(prediction["hyp_score"], winner))
+        return wta + MIXTURE_SCORE_WEIGHT * score, aux
+    return mse + categorical_weight * ce, aux
 
 
 @jax.custom_vjp

@@ -5,8 +5,10 @@
 * :class:`RawCNN`: end-to-end on the waveform [B, n_samples] (InverSynth): strided 1-D
   convolutions learn a spectrogram-like front end [B, frames, filters], then 2-D convolutions.
 
-All end in :class:`Heads`, whose sizes come from a :class:`training.heads.HeadLayout`: a sigmoid
-output per continuous learned parameter and a softmax (returned as logits) per categorical one.
+All are told the note they hear (``note`` [B, 2]: :func:`training.heads.note_features` of the MIDI
+pitch and velocity), joined to the audio features before the last dense layer, and end in
+:class:`Heads`, whose sizes come from a :class:`training.heads.HeadLayout` and whose kind is
+``model.head`` (``training.heads``: one preset, ordinal bins, or a mixture of presets).
 There are no normalisation layers (per-example ones would hide loudness; batch statistics would
 be state), so a model is a pure function of its parameters; inputs are standardised instead.
 """
@@ -21,26 +23,25 @@ import jax
 import jax.numpy as jnp
 
 from training.config import ModelConfig
-from training.heads import HeadLayout, Prediction
+from training.heads import HeadLayout, Prediction, head_outputs, head_width
 
 
 class Heads(nn.Module):
-    """Hidden features [B, H] -> ``{"continuous": [B, n_continuous] in (0, 1), "logits": ([B, k], ...)}``."""
+    """Hidden features [B, H] -> a prediction of kind ``head`` (:func:`training.heads.head_outputs`):
+    always ``{"continuous": [B, n_continuous] in [0, 1], "logits": ([B, k], ...)}`` (the one
+    preset), plus the many answers of the ``bins`` and ``mixture`` kinds."""
 
-    n_continuous: int
-    n_choices: tuple[int, ...]
+    layout: HeadLayout
+    head: str = "regression"
+    bins: int = 16
+    hypotheses: int = 8
 
     @nn.compact
     def __call__(self, h: jax.Array) -> Prediction:
-        n_out = self.n_continuous + sum(self.n_choices)
+        n_out = head_width(self.layout, self.head, self.bins, self.hypotheses)
         out = nn.Dense(n_out, name="out", kernel_init=nn.initializers.lecun_normal(),
                        bias_init=nn.initializers.zeros)(h)
-        continuous = nn.sigmoid(out[:, :self.n_continuous])
-        logits, start = [], self.n_continuous
-        for k in self.n_choices:
-            logits.append(out[:, start:start + k])
-            start += k
-        return {"continuous": continuous, "logits": tuple(logits)}
+        return head_outputs(self.layout, self.head, self.bins, self.hypotheses, out)
 
 
 class ConvBlock2D(nn.Module):
@@ -64,26 +65,26 @@ class ConvStack2D(nn.Module):
     hidden: int
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """[B, H, W] -> hidden features [B, hidden]."""
+    def __call__(self, x: jax.Array, note: jax.Array) -> jax.Array:
+        """[B, H, W] and the note [B, 2] -> hidden features [B, hidden]."""
         x = x[..., None]
         for c in self.channels:
             x = ConvBlock2D(c)(x)
-        x = x.reshape((x.shape[0], -1))
+        x = jnp.concatenate([x.reshape((x.shape[0], -1)), note.astype(x.dtype)], axis=-1)
         return nn.relu(nn.Dense(self.hidden)(x))
 
 
 class MelCNN(nn.Module):
-    """Log-mel spectrogram [B, frames, mels] -> prediction."""
+    """Log-mel spectrogram [B, frames, mels] and note [B, 2] -> prediction."""
 
     channels: Sequence[int]
     hidden: int
-    layout: HeadLayout
+    heads: Heads
 
     @nn.compact
-    def __call__(self, features: jax.Array) -> Prediction:
-        h = ConvStack2D(tuple(self.channels), self.hidden)(features)
-        return Heads(self.layout.n_continuous, self.layout.n_choices)(h)
+    def __call__(self, features: jax.Array, note: jax.Array) -> Prediction:
+        h = ConvStack2D(tuple(self.channels), self.hidden)(features, note)
+        return self.heads(h)
 
 
 class MfccLSTM(nn.Module):
@@ -92,15 +93,15 @@ class MfccLSTM(nn.Module):
     lstm_hidden: int
     lstm_layers: int
     hidden: int
-    layout: HeadLayout
+    heads: Heads
 
     @nn.compact
-    def __call__(self, features: jax.Array) -> Prediction:
+    def __call__(self, features: jax.Array, note: jax.Array) -> Prediction:
         x = features
         for _ in range(self.lstm_layers):
             x = nn.RNN(nn.OptimizedLSTMCell(self.lstm_hidden))(x)
-        h = nn.relu(nn.Dense(self.hidden)(x[:, -1]))
-        return Heads(self.layout.n_continuous, self.layout.n_choices)(h)
+        h = nn.relu(nn.Dense(self.hidden)(jnp.concatenate([x[:, -1], note.astype(x.dtype)], axis=-1)))
+        return self.heads(h)
 
 
 class RawCNN(nn.Module):
@@ -111,25 +112,26 @@ class RawCNN(nn.Module):
     raw_stride: int
     channels: Sequence[int]
     hidden: int
-    layout: HeadLayout
+    heads: Heads
 
     @nn.compact
-    def __call__(self, audio: jax.Array) -> Prediction:
+    def __call__(self, audio: jax.Array, note: jax.Array) -> Prediction:
         x = audio[..., None]  # [B, T, 1]
         x = nn.Conv(self.raw_filters, (self.raw_kernel,), strides=(self.raw_stride,), padding="VALID")(x)
         x = jnp.log1p(jnp.abs(x))  # compressive, like a log-magnitude spectrogram
         x = nn.relu(nn.Conv(self.raw_filters, (8,), strides=(4,), padding="SAME")(x))  # [B, frames, filters]
-        h = ConvStack2D(tuple(self.channels), self.hidden)(x)
-        return Heads(self.layout.n_continuous, self.layout.n_choices)(h)
+        h = ConvStack2D(tuple(self.channels), self.hidden)(x, note)
+        return self.heads(h)
 
 
 @functools.lru_cache(maxsize=16)
 def make_model(cfg: ModelConfig, layout: HeadLayout) -> nn.Module:
-    """The encoder named by ``model.kind``."""
+    """The encoder named by ``model.kind``, with the heads named by ``model.head``."""
+    heads = Heads(layout, cfg.head, cfg.bins, cfg.hypotheses)
     if cfg.kind == "cnn":
-        return MelCNN(cfg.channels, cfg.hidden, layout)
+        return MelCNN(cfg.channels, cfg.hidden, heads)
     if cfg.kind == "lstm":
-        return MfccLSTM(cfg.lstm_hidden, cfg.lstm_layers, cfg.hidden, layout)
+        return MfccLSTM(cfg.lstm_hidden, cfg.lstm_layers, cfg.hidden, heads)
     if cfg.kind == "rawcnn":
-        return RawCNN(cfg.raw_filters, cfg.raw_kernel, cfg.raw_stride, cfg.channels, cfg.hidden, layout)
+        return RawCNN(cfg.raw_filters, cfg.raw_kernel, cfg.raw_stride, cfg.channels, cfg.hidden, heads)
     raise ValueError(f"model.kind: expected one of 'cnn', 'lstm', 'rawcnn', got {cfg.kind!r}")

@@ -97,14 +97,48 @@ def _draw_choices(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1)
 
 
+@dataclass(frozen=True)
+class BestOfK:
+    """Outcome of :func:`best_of_k`: the picked presets [N, n_params], their proxy distance [N],
+    the index of the pick among each target's candidates [N], all distances [N, k], wall time."""
+
+    presets: np.ndarray
+    proxy_distance: np.ndarray
+    index: np.ndarray
+    distances: np.ndarray
+    seconds: float
+
+
+def best_of_k(data: DataConfig, candidates: np.ndarray, target_audio: np.ndarray, seed: int = 0,
+              batch_size: int = 128) -> BestOfK:
+    """Each target's candidate [N, k, n_params] whose proxy render (``data``'s note, velocity,
+    length) is nearest to ``target_audio`` [N, C, T]: N x k proxy renders, no real engine."""
+    t0 = time.perf_counter()
+    candidates = np.asarray(candidates, np.float64)
+    n, k = candidates.shape[:2]
+    if len(target_audio) != n:
+        raise ValueError(f"best_of_k: {n} candidate sets and {len(target_audio)} targets; expected one set per target")
+    rows = np.repeat(np.arange(n), k)
+    d = proxy_distances(data, candidates.reshape(n * k, -1), np.asarray(target_audio, np.float32)[rows], seed,
+                        batch_size).reshape(n, k)
+    d = np.where(np.isfinite(d), d, np.inf)
+    pick = d.argmin(axis=1)
+    return BestOfK(candidates[np.arange(n), pick], d[np.arange(n), pick], pick, d, time.perf_counter() - t0)
+
+
 def proxy_search(data: DataConfig, layout: HeadLayout, start: np.ndarray, probs: Sequence[np.ndarray],
                  target_audio: np.ndarray, *, rounds: int = 4, candidates: int = 16, sigma: float = 0.25,
-                 seed: int = 0, batch_size: int = 128) -> ProxySearchResult:
+                 seed: int = 0, batch_size: int = 128, start_distance: np.ndarray | None = None,
+                 mutations: int = 0) -> ProxySearchResult:
     """Search around ``start`` [N, n_params] (normalized) for presets whose proxy render is
     closer to ``target_audio`` [N, C, T] (rendered with ``data``'s note, velocity and length).
 
     ``probs`` holds, per categorical learned parameter of ``layout`` (in its order), the
-    encoder's choice probabilities [N, n_choices]. Deterministic for a given ``seed``.
+    encoder's choice probabilities [N, n_choices]. ``start_distance`` [N]: the start's proxy
+    distance when already known (saves its render). ``mutations`` > 0: each candidate changes
+    about that many learned parameters (each with probability mutations / n_learned, at least
+    one) instead of every continuous one and half the categorical ones. Deterministic for a
+    given ``seed``.
     """
     t0 = time.perf_counter()
     spec = layout.spec
@@ -122,15 +156,24 @@ def proxy_search(data: DataConfig, layout: HeadLayout, start: np.ndarray, probs:
     cont = np.asarray(layout.continuous, dtype=np.int64)
     cat = np.asarray(layout.categorical, dtype=np.int64)
     best = start.copy()
-    best_d = start_d = proxy_distances(data, start, target_audio, seed, batch_size)
+    best_d = start_d = (proxy_distances(data, start, target_audio, seed, batch_size) if start_distance is None
+                        else np.asarray(start_distance, np.float64))
     rows = np.repeat(np.arange(n), candidates)
+    n_learned = len(cont) + len(cat)
     for r in range(rounds):
         cand = best[rows].copy()  # [N * candidates, n_params], grouped by target
         step = sigma / 2 ** r
+        if mutations > 0:
+            change = rng.random((len(cand), n_learned)) < min(1.0, mutations / max(n_learned, 1))
+            change[np.arange(len(cand)), rng.integers(0, n_learned, len(cand))] = True  # at least one
+        else:
+            change = np.concatenate([np.ones((len(cand), len(cont)), bool), rng.random((len(cand), len(cat))) < 0.5],
+                                    axis=1)
         if len(cont):
-            cand[:, cont] = np.clip(cand[:, cont] + step * rng.standard_normal((len(cand), len(cont))), 0.0, 1.0)
+            moved = np.clip(cand[:, cont] + step * rng.standard_normal((len(cand), len(cont))), 0.0, 1.0)
+            cand[:, cont] = np.where(change[:, :len(cont)], moved, cand[:, cont])
         for j, (i, k) in enumerate(zip(cat, layout.n_choices)):
-            redraw = rng.random(len(cand)) < 0.5
+            redraw = change[:, len(cont) + j]
             drawn = _draw_choices(rng, np.asarray(probs[j], np.float64)[rows])
             cand[redraw, i] = drawn[redraw] / (k - 1)
         cand = np.asarray(spec.snap_normalized(cand), np.float64)

@@ -57,18 +57,19 @@ def create_train_state(cfg: Config, layout: HeadLayout, feature_fn: Callable, tr
     model = make_model(cfg.model, layout)
     mean, std = feature_stats(feature_fn, train_audio)
     example = (feature_fn(jnp.asarray(train_audio[:2], jnp.float32)) - mean) / std
-    params = model.init(jax.random.key(cfg.run.seed), example)["params"]
+    params = model.init(jax.random.key(cfg.run.seed), example, jnp.zeros((example.shape[0], 2)))["params"]
     tx, _ = make_optimizer(cfg.optim)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, feature_mean=mean, feature_std=std)
 
 
 def network_outputs(apply_fn: Callable, params: Any, feature_mean: Any, feature_std: Any, feature_fn: Callable,
-                    audio: jax.Array) -> dict[str, Any]:
-    """The network's raw outputs (heads) for real-engine audio [B, C, T]: the one prediction
-    function (training steps, validation, evaluation, matching). Features are standardised with
-    the training set's statistics."""
+                    audio: jax.Array, note: jax.Array) -> dict[str, Any]:
+    """The network's raw outputs (heads) for real-engine audio [B, C, T] playing ``note`` [B, 2]
+    (:func:`training.heads.note_features`): the one prediction function (training steps,
+    validation, evaluation, matching). Features are standardised with the training set's
+    statistics."""
     features = (feature_fn(audio.astype(jnp.float32)) - feature_mean) / feature_std
-    return apply_fn({"params": params}, features)
+    return apply_fn({"params": params}, features, note)
 
 
 # ------------------------------------------------------------------------------ data parallelism

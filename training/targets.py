@@ -48,6 +48,13 @@ class Target:
     f0_hz: float | None
     messages: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    # the whole sound (prepare_whole_target): ``audio`` is at ``sample_rate`` and lasts ``duration_s``;
+    # the note is released after ``hold_s`` (``hold_source``: given / estimated / whole)
+    sample_rate: int = 0
+    duration_s: float = 0.0
+    hold_s: float = 0.0
+    hold_source: str = ""
+    model_note: int = 0  # the note the encoder is told (the target's, or the nearest one it was trained on)
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, dict[str, Any]]:
@@ -236,6 +243,95 @@ def prepare_target(path: str | os.PathLike, data: Any, note: int | str = "auto",
     else:
         model_input = audio
     return Target(audio, model_input, midi, source, f0, messages, meta)
+
+
+#: the whole sound is judged up to this length (longer sounds: their start, and it is said)
+MAX_JUDGE_S = 10.0
+#: judged at the file's own rate inside these bounds (outside, resampled to the nearest bound)
+JUDGE_RATES = (16000, 48000)
+#: judged lengths and note lengths are rounded to these grids, so sounds of about the same length
+#: share one compiled proxy (a note-off moves the proxy's block layout: training/match.py)
+DURATION_STEP_S, HOLD_STEP_S = 0.25, 0.05
+
+
+def prepare_whole_target(path: str | os.PathLike, data: Any, note: int | str = "auto", hold: float | None = None,
+                         say: Callable[[str], None] = print, max_s: float = MAX_JUDGE_S,
+                         note_range: tuple[int, ...] = ()) -> Target:
+    """Read a target for matching the whole sound: ``audio`` at its own rate (within
+    :data:`JUDGE_RATES`), channels matched to the synth, leading silence dropped, up to where it
+    falls below -60 dB re peak (at most ``max_s``, said when cut), rounded up to
+    :data:`DURATION_STEP_S`; the note-off at ``hold`` seconds or estimated from the envelope
+    (``training.envelope.estimate_hold``); ``model_input`` the first window at the run's rate
+    (``data``), transposed into ``note_range`` (the notes the model was trained on) if needed."""
+    import librosa
+
+    from training.envelope import estimate_hold
+
+    raw, sr, meta = read_audio(path)
+    messages: list[str] = []
+
+    def tell(m: str) -> None:
+        messages.append(m)
+        say(m)
+
+    if "normalised_from_peak" in meta:
+        pk = meta["normalised_from_peak"]
+        tell(f"the file peaks at {pk:.3g} ({20 * math.log10(pk):+.1f} dBFS), beyond full scale: normalised to a peak "
+             "of 1.0 (0 dBFS) before matching")
+    from proxies.synth import get_synth
+
+    channels = get_synth(data.synth, data.spec or None).channels
+    rate = int(min(max(sr, JUDGE_RATES[0]), JUDGE_RATES[1]))
+    whole = condition_audio(raw, sr, rate, raw.shape[1] * rate // sr + 1, lambda m: None if "padded" in m else tell(m),
+                            channels)
+    est = estimate_hold(whole, rate)
+    end_s = min(float(est.sound_end_s) + 0.05, whole.shape[1] / rate)
+    if end_s > max_s:
+        tell(f"the sound lasts {end_s:.2f} s: its first {max_s:g} s are matched (the cap; pass a shorter file to "
+             "choose the part)")
+        end_s = max_s
+    duration = max(0.5, math.ceil(end_s / DURATION_STEP_S - 1e-9) * DURATION_STEP_S)
+    n = int(round(duration * rate))
+    audio = np.pad(whole[:, :n], ((0, 0), (0, max(0, n - whole.shape[1]))))
+    if float(np.max(np.abs(audio))) < SILENCE_PEAK:
+        raise _err("target", "a sound inside the matched window", "silence there", "trim the file to the sound")
+    if hold is not None:
+        hold_s, hold_source = float(hold), "given"
+        if not 0 < hold_s < duration:
+            raise _err("--hold", f"seconds in (0, {duration:g}) (the judged length of this sound)", hold,
+                       "give the time the note was released, or leave --hold out to estimate it")
+    else:
+        hold_s, hold_source = float(est.hold_s), est.how
+        tell(f"note length {hold_s:.2f} s ({est.message}); pass --hold SECONDS to set it")
+    hold_s = min(max(HOLD_STEP_S, round(hold_s / HOLD_STEP_S) * HOLD_STEP_S), duration - HOLD_STEP_S)
+    tell(f"judging the whole sound: {duration:g} s at {rate} Hz, note released at {hold_s:.2f} s")
+    # the encoder's window: the start of the sound at the run's rate and length
+    window = condition_audio(audio, rate, data.sample_rate, data.n_samples, lambda m: None, channels)
+    f0 = None
+    if note == "auto":
+        midi_est, f0, frac = estimate_note(window, data.sample_rate)
+        if midi_est is None:
+            midi, source = int(data.note), "fallback"
+            tell(f"no stable pitch found (pYIN voiced in {frac:.0%} of frames): playing note {midi}; pass --note MIDI "
+                 "to choose one")
+        else:
+            midi, source = midi_est, "estimated"
+            tell(f"estimated note {midi} ({librosa.midi_to_note(midi)}, median f0 {f0:.1f} Hz, voiced in "
+                 f"{frac:.0%} of frames)")
+    else:
+        midi, source = int(note), "given"
+    lo, hi = (note_range[0], note_range[1]) if note_range else (int(data.note), int(data.note))
+    model_note = int(min(max(midi, lo), hi))
+    shift = model_note - midi
+    if abs(shift) > MAX_TRANSPOSE:
+        raise _err("note", f"within {MAX_TRANSPOSE} semitones of the notes the model was trained on ({lo}..{hi})",
+                   midi, "pass --note closer to them, or train a model on nearer notes")
+    if shift:
+        window = np.stack([librosa.effects.pitch_shift(ch, sr=data.sample_rate, n_steps=float(shift))
+                           for ch in window.astype(np.float64)]).astype(np.float32)
+        tell(f"the model hears the target transposed by {shift:+d} semitones to note {model_note} (it was trained "
+             f"on notes {lo}..{hi}); the synth plays note {midi}")
+    return Target(audio, window, midi, source, f0, messages, meta, rate, duration, hold_s, hold_source, model_note)
 
 
 # ------------------------------------------------------------------------------ options

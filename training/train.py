@@ -40,7 +40,7 @@ from training import evaluate_core
 from training.config import Config, ConfigError, LossConfig
 from training.data import Dataset, EngineRenderer, build_dataset, iterate_batches, synth_of
 from training.features import make_feature_fn
-from training.heads import HeadLayout, hard_normalized, head_layout, targets_from_normalized
+from training.heads import HeadLayout, hard_normalized, head_layout, note_features, targets_from_normalized
 from training.losses import param_loss, schedule_weights, spectral_loss
 from training.proxy_loss import make_distance_fn, make_proxy_render
 from training.state import (CheckpointError, Checkpoints, TrainState, batch_sharded, create_train_state, make_mesh,
@@ -52,9 +52,12 @@ VAL_COLUMNS = ("step", "val_param_loss", "val_param_mse", "val_param_acc", "val_
                "best")
 
 
-def predict(state: TrainState, params: Any, feature_fn: Callable, audio: jax.Array) -> dict[str, Any]:
-    """Network outputs for real-engine audio [B, C, T] (:func:`training.state.network_outputs`)."""
-    return network_outputs(state.apply_fn, params, state.feature_mean, state.feature_std, feature_fn, audio)
+def predict(state: TrainState, params: Any, feature_fn: Callable, batch: dict[str, jax.Array]) -> dict[str, Any]:
+    """Network outputs for a batch's real-engine audio [B, C, T] and notes
+    (:func:`training.state.network_outputs`)."""
+    note = note_features(batch["pitch"], batch["velocity"])
+    return network_outputs(state.apply_fn, params, state.feature_mean, state.feature_std, feature_fn,
+                           batch["audio"], note)
 
 
 # ------------------------------------------------------------------------------ steps
@@ -64,14 +67,16 @@ def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights
     """Weighted parameter + spectral loss of one batch. ``weights`` = [w_param, w_spectral];
     the spectral term is computed only when ``render_fn`` is given (its weight is non-zero), on
     the first ``loss.spectral_batch_size`` sounds of the batch (all when 0)."""
-    prediction = predict(state, params, feature_fn, batch["audio"])
+    prediction = predict(state, params, feature_fn, batch)
     targets = targets_from_normalized(layout, batch["normalized"])
     lp, aux = param_loss(prediction, targets, loss_cfg.categorical_weight)
     loss = weights[0] * lp
     if render_fn is not None:
         k = min(loss_cfg.spectral_batch_size or batch["audio"].shape[0], batch["audio"].shape[0])
         head = jax.tree.map(lambda x: x[:k], prediction)
-        ls, aux_s = spectral_loss(head, batch["audio"][:k], layout, render_fn, distance_fn, key,
+        pitch, velocity = batch["pitch"][:k], batch["velocity"][:k]
+        note_render = functools.partial(_render_at, render_fn, pitch, velocity)
+        ls, aux_s = spectral_loss(head, batch["audio"][:k], layout, note_render, distance_fn, key,
                                   balance_strength=weights[1] if loss_cfg.balance_spectral_grads else None,
                                   straight_through=loss_cfg.categorical_relaxation == "straight_through",
                                   spectral_params=loss_cfg.spectral_params)
@@ -80,6 +85,12 @@ def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights
     else:
         aux = {**aux, "spectral": jnp.full((), jnp.nan)}
     return loss, {**aux, "param_loss": lp}
+
+
+def _render_at(render_fn: Callable, pitch: jax.Array, velocity: jax.Array, normalized: jax.Array, probs: Any,
+               key: jax.Array) -> jax.Array:
+    """``render_fn`` playing each sound's own note (pitch and velocity [B])."""
+    return render_fn(normalized, probs, key, pitch, velocity)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], weights: jax.Array, key: jax.Array,
@@ -94,7 +105,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], weights: jax.Arra
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_cfg: LossConfig, layout: HeadLayout,
               feature_fn: Callable) -> tuple[dict[str, jax.Array], jax.Array]:
     """Parameter-loss metrics of a validation batch and the hard presets [B, n_params] predicted."""
-    prediction = predict(state, state.params, feature_fn, batch["audio"])
+    prediction = predict(state, state.params, feature_fn, batch)
     lp, aux = param_loss(prediction, targets_from_normalized(layout, batch["normalized"]), loss_cfg.categorical_weight)
     return {**aux, "param_loss": lp}, hard_normalized(layout, prediction)
 
@@ -169,7 +180,9 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
         t_last, steps_since, acc = time.perf_counter(), 0, None
         for step in range(start_step, cfg.optim.steps):
             idx = np.sort(next(batches))
-            batch = shard_batch({"audio": train.audio[idx], "normalized": train.normalized[idx]}, mesh)
+            batch = shard_batch({"audio": train.audio[idx], "normalized": train.normalized[idx],
+                                 "pitch": train.pitch[idx].astype(np.int32),
+                                 "velocity": train.velocity[idx].astype(np.int32)}, mesh)
             w_param, w_spec = schedule_weights(step, cfg.loss)
             fn = step_full if w_spec > 0 else step_param
             state, metrics = fn(state, batch, jnp.asarray([w_param, w_spec], jnp.float32),
@@ -257,7 +270,9 @@ def validate(state: TrainState, dataset: Dataset, cfg: Config, eval_fn: Callable
         idx = np.arange(a, min(a + bs, len(val)))
         idx_padded = np.pad(idx, (0, bs - len(idx)), mode="edge")  # one compiled shape
         m, pred = eval_fn(state, {"audio": jnp.asarray(val.audio[idx_padded]),
-                                  "normalized": jnp.asarray(val.normalized[idx_padded])})
+                                  "normalized": jnp.asarray(val.normalized[idx_padded]),
+                                  "pitch": jnp.asarray(val.pitch[idx_padded], jnp.int32),
+                                  "velocity": jnp.asarray(val.velocity[idx_padded], jnp.int32)})
         # per-batch means over padded rows: weight by the real rows (a small bias on the last batch)
         for k, v in jax.device_get(m).items():
             sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
@@ -265,7 +280,7 @@ def validate(state: TrainState, dataset: Dataset, cfg: Config, eval_fn: Callable
     out: dict[str, Any] = {f"val_{k}": v / len(val) for k, v in sums.items() if k in
                            ("param_loss", "param_mse", "param_acc")}
     if renderer is not None:
-        audio, ok = renderer.render(np.concatenate(preds))
+        audio, ok = renderer.render(np.concatenate(preds), val.pitch, val.velocity)
         d = evaluate_core.audio_metrics(audio[ok], val.audio[ok].astype(np.float32), cfg.data.sample_rate)
         out.update(val_distance=float(np.mean(d["mss"])), val_distance_kind="plugin_mss")
     else:
