@@ -93,8 +93,14 @@ def test_build_reuse_determinism_and_resume(tmp_path, amsynth_path):
     assert ds.train.normalized.shape == (6, AMSYNTH.n_params) and ds.train.internal.shape == (6, AMSYNTH.n_params)
     assert np.all(np.isfinite(ds.train.audio.astype(np.float32)))
     assert np.abs(ds.train.audio.astype(np.float32)).max() > 1e-3, "the plugin rendered only silence"
-    assert sorted(p.name for p in ds.root.glob("*.npz")) == ["test-0000.npz", "train-0000.npz", "train-0001.npz",
-                                                             "val-0000.npz"]
+    assert sorted(p.name for p in ds.root.glob("*.npz")) == ["gallery-0000.npz", "gallery-0001.npz", "test-0000.npz",
+                                                             "train-0000.npz", "train-0001.npz", "val-0000.npz"]
+    # many notes: training presets play notes and velocities of the config's ranges, the gallery
+    # the same presets at data.note (what the nearest-neighbour lookup compares held-out sounds with)
+    lo, hi = cfg.note_range
+    assert ((ds.train.pitch >= lo) & (ds.train.pitch <= hi)).all() and len(set(ds.train.pitch.tolist())) > 1
+    assert (ds.gallery.pitch == cfg.note).all() and np.array_equal(ds.gallery.normalized, ds.train.normalized)
+    assert (ds.test.pitch == cfg.note).all() and (ds.test.velocity == cfg.velocity).all()
 
     # reused: nothing rendered
     logs.clear()

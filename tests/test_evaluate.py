@@ -31,8 +31,8 @@ def test_evaluate_factory_every_method(tiny_run, tmp_path, capsys):
     assert rc == 0
     result = json.loads(out.read_text())
     methods = result["methods"]
-    assert list(methods) == ["model", "model+refine", "model+proxy_search", "model+search", "mean_preset",
-                             "random_preset", "nearest_neighbour", "param_only", "cma_mean"]
+    assert list(methods) == ["model", "model+refine", "model+best_of_k", "model+proxy_search", "model+search",
+                             "mean_preset", "random_preset", "nearest_neighbour", "param_only", "cma_mean"]
     for name, m in methods.items():
         assert m["n_ok"] == 2, name
         for key in ("mss", "logmel_l1", "mfcc_l1", "lsd_db", "spectral_convergence", "param_mae", "cat_acc"):
@@ -41,6 +41,7 @@ def test_evaluate_factory_every_method(tiny_run, tmp_path, capsys):
     assert methods["cma_mean"]["renders_per_target"] == 8 and methods["model+search"]["renders_per_target"] == 1 + 6
     assert methods["model+refine"]["renders_per_target"] == 1 + 1
     assert methods["model+proxy_search"]["renders_per_target"] == 0  # the proxy only
+    assert methods["model+best_of_k"]["renders_per_target"] == 0
     # the same network, the same presets
     assert methods["param_only"]["metrics"]["mss"] == pytest.approx(methods["model"]["metrics"]["mss"])
     # refinement and search start from the prediction and keep it unless a plugin render beats it
@@ -52,6 +53,7 @@ def test_evaluate_factory_every_method(tiny_run, tmp_path, capsys):
     mss = {name: m["metrics"]["mss"] for name, m in methods.items()}
     assert mss["model+refine"] < 0.9 * mss["model"], mss
     assert mss["model+proxy_search"] < mss["model"], mss  # proxy renders track the plugin's
+    assert mss["model+proxy_search"] <= mss["model+best_of_k"] + 0.02, mss  # the search starts from that pick
     assert mss["random_preset"] > 1.2 * mss["model"], mss
     assert methods["cma_mean"]["selection_mean_mss"] == pytest.approx(mss["cma_mean"], rel=0.05)
     curve = methods["model+refine"]["curve"]
@@ -87,7 +89,8 @@ def test_evaluate_folder_out_of_domain(tiny_run, tmp_path):
     result = json.loads(out.read_text())
     assert result["n"] == 1 and result["per_target"][0]["name"] == "a-pluck.flac"
     assert any("skipped b-silent.wav" in n and "silence" in n for n in result["notes"])
-    assert list(result["methods"]) == ["model", "model+proxy_search", "mean_preset", "random_preset", "cma_mean"]
+    assert list(result["methods"]) == ["model", "model+best_of_k", "model+proxy_search", "mean_preset",
+                                       "random_preset", "cma_mean"]
     # the pluck's own note (pYIN), not the run's: the search renders the proxy at that note
     assert result["per_target"][0]["note"] == 57
     assert np.isfinite(result["methods"]["model+proxy_search"]["metrics"]["mss"])

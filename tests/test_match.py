@@ -215,7 +215,10 @@ def test_match_factory_preset(tiny_run, tmp_path, capsys, corpus_cache, monkeypa
     assert ranked["candidates"] == 16 + 16 and len(ranked["proxy_distances"]) == 32
     assert any(name in src for src in ranked["sources"]), "the target's own preset is among the nearest human presets"
     assert report["stages"][2]["renders"] == 2 and report["stages"][3]["renders"] == 12
-    assert report["final"]["metrics"]["mss"] < 0.1, report["final"]["metrics"]  # found it
+    assert name in ranked["picked"], ranked["picked"]  # the real synth confirms it
+    # found it (not 0: the target's first samples under -60 dB re peak are dropped, a shift of a few ms)
+    assert report["final"]["metrics"]["mss"] < 0.2 and report["final"]["metrics"]["logmel_l1"] < 0.5, \
+        report["final"]["metrics"]
     assert report["stages"][0]["metrics"]["mss"] > 5 * report["final"]["metrics"]["mss"]  # the model alone did not
     for stage in ("model", "best_of_k", "refine", "search", "final"):  # distances printed per stage
         assert any(line.startswith(stage) and "." in line for line in stdout.splitlines()), stdout
@@ -362,13 +365,14 @@ def _write(tmp_path: Path, kind: str) -> Path:
     ("corrupt", [], r"target: expected an audio file libsndfile can decode.*corrupt\.wav.*fix: convert it"),
     ("empty", [], r"target: expected an audio file libsndfile can decode.*empty\.flac.*fix: "),
     ("text", [], r"target: expected an audio file libsndfile can decode.*notes\.ogg"),
-    ("missing", [], r"TARGET: expected an audio file, got '.*nope\.wav', which does not exist; fix: check the path"),
+    ("missing", [], r"TARGET: expected an audio file or a folder of them, got '.*nope\.wav', which does not exist; fix: check "
+                    r"the path"),
     ("tone", ["--note", "200"], r"--note: expected an integer in 0\.\.127, got '200'; fix: give a MIDI note"),
     ("tone", ["--note", "C4"], r"--note: expected an integer in 0\.\.127, got 'C4'"),
     ("tone", ["--note", "127", "--quality", "fast"], r"note: expected within 36 semitones of the notes the model was "
                                                     r"trained on \(36\.\.84\), got 127"),
     ("tone", ["--hold", "-1"], r"--hold: expected a number in \(0, 600\], got '-1'"),
-    ("tone", ["--hold", "9"], r"--hold: expected seconds in \(0, 0\.5\) \(the judged length of this sound\)"),
+    ("tone", ["--hold", "9"], r"--hold: expected seconds in \(0, 0\.75\) \(the judged length of this sound\)"),
     ("tone", ["--synth", "amsynth"], r"--run/--synth: expected one of them"),
     ("tone", ["--refine-steps", "-1"], r"--refine-steps: expected an integer >= 0, got '-1'; fix: 0 skips"),
     ("tone", ["--search-renders", "lots"], r"--search-renders: expected an integer >= 0, got 'lots'"),

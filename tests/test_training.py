@@ -521,3 +521,61 @@ def test_gradient_agreement_counts_descent_towards_the_target():
     assert a["agreement"].tolist() == [1.0, 0.5, 0.0]  # column 1: rows 1 and 3 descend towards the target
     assert a["weighted"][1] == pytest.approx((1 + 3) / 6)
     assert categorical_agreement(np.array([[-1.0, 0.0], [1.0, 0.0]]), np.array([0, 0])) == 0.5
+
+
+def test_many_answer_losses_and_candidates():
+    """The bins loss is lowest when the true value's bin is the most probable; the mixture loss
+    follows the best hypothesis (winner-takes-all) and teaches the score which one won; candidates
+    keep the one preset first and differ in the others (drawn from the bins or the hypotheses)."""
+    from proxies.amsynth.spec import AMSYNTH
+    from training.heads import bin_centers, bins_point, candidate_presets, targets_from_normalized
+    from training.losses import param_loss
+
+    layout = _layout()
+    presets = AMSYNTH.sample_normalized(np.random.default_rng(5), 3)
+    t = targets_from_normalized(layout, presets)
+    nc, nb = layout.n_continuous, 8
+    centers = np.asarray(bin_centers(nb))
+    logits = tuple(10.0 * jax.nn.one_hot(t["choice"][:, j], k) for j, k in enumerate(layout.n_choices))
+    near = -0.5 * ((centers - np.asarray(t["continuous"])[..., None]) * (nb - 1)) ** 2
+    right = jnp.asarray(near, jnp.float32)  # log of the loss's own soft target: its minimum
+    wrong = jnp.roll(right, 4, axis=-1)
+    lr, _ = param_loss({"continuous": bins_point(right), "logits": logits, "bins": right}, t, 0.1)
+    lw, _ = param_loss({"continuous": bins_point(wrong), "logits": logits, "bins": wrong}, t, 0.1)
+    assert float(lr) + 1.0 < float(lw), (float(lr), float(lw))
+    assert np.abs(np.asarray(bins_point(right)) - np.asarray(t["continuous"])).max() <= 0.5 / (nb - 1) + 1e-6
+
+    k = 3
+    good = jnp.asarray(t["continuous"])
+    hyp = jnp.stack([jnp.full_like(good, 0.5), good, 1.0 - good], axis=1)  # hypothesis 1 is right
+    hyp_logits = tuple(jnp.repeat(l[:, None], k, axis=1) for l in logits)
+    score = jnp.zeros((3, k))
+    pred = {"continuous": hyp[:, 0], "logits": logits, "hyp_continuous": hyp, "hyp_logits": hyp_logits,
+            "hyp_score": score}
+    loss, _ = param_loss(pred, t, 0.1)
+    g = jax.grad(lambda s_: param_loss({**pred, "hyp_score": s_}, t, 0.1)[0])(score)
+    assert float(g[:, 1].max()) < 0 and float(g[:, 0].min()) > 0  # the score learns that 1 won
+    gh = jax.grad(lambda h: param_loss({**pred, "hyp_continuous": h}, t, 0.1)[0])(hyp)
+    assert float(jnp.abs(gh[:, 1]).max()) < 1e-6  # the winner is already right: no push
+    assert float(jnp.abs(gh[:, 0]).max()) > 0  # the others are pulled a little (relaxed WTA)
+
+    rng = np.random.default_rng(0)
+    host = {"continuous": np.asarray(bins_point(right)), "logits": tuple(np.asarray(l) for l in logits),
+            "bins": np.asarray(right)}
+    c = candidate_presets(layout, host, 6, rng)
+    assert c.shape == (3, 6, AMSYNTH.n_params) and np.all((c >= 0) & (c <= 1))
+    assert np.allclose(c[:, 0, list(layout.continuous)], AMSYNTH.snap_normalized(
+        np.asarray(hard_from(layout, host)))[:, list(layout.continuous)], atol=1e-6)
+    mix = {"continuous": np.asarray(hyp[:, 1]), "logits": tuple(np.asarray(l) for l in logits),
+           "hyp_continuous": np.asarray(hyp), "hyp_logits": tuple(np.asarray(l) for l in hyp_logits),
+           "hyp_score": np.asarray([[0.0, 5.0, 1.0]] * 3)}
+    c = candidate_presets(layout, mix, 4, rng)
+    cont = list(layout.continuous)
+    assert np.allclose(c[:, 0, cont], AMSYNTH.snap_normalized(presets)[:, cont], atol=1e-6)  # the best-scored first
+    assert not np.allclose(c[:, 3, cont], c[:, 0, cont])  # beyond the hypotheses: steps around them
+
+
+def hard_from(layout, host):
+    from training.heads import hard_normalized
+
+    return hard_normalized(layout, host)

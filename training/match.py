@@ -140,13 +140,13 @@ def load_model(opts: Options):
     return shipped.load(opts.synth)
 
 
-def _float_option(flag: str, text: Any, lo: float, hi: float, fix: str) -> float:
+def _float_option(flag: str, text: Any, lo: float, hi: float, fix: str, what: str = "a number") -> float:
     try:
         value = float(text)
     except (TypeError, ValueError):
         value = float("nan")
     if not (math.isfinite(value) and lo < value <= hi):
-        raise _err(flag, f"a number in ({lo:g}, {hi:g}]", repr(text), fix)
+        raise _err(flag, f"{what} in ({lo:g}, {hi:g}]", repr(text), fix)
     return value
 
 
@@ -237,7 +237,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     snapshots = q.snapshots if a.snapshots is None else _int_option("--snapshots", a.snapshots, 1, 64, "try 4")
     seed = _int_option("--seed", a.seed, 0, None, "any integer >= 0")
     workers = None if a.workers is None else _int_option("--workers", a.workers, 1, 256, "try 2")
-    lr = _float_option("--refine-lr", a.refine_lr, 0.0, 10.0, "try 0.3")
+    lr = _float_option("--refine-lr", a.refine_lr, 0.0, 10.0, "try 0.3", "a learning rate")
     hold = None if a.hold is None else _float_option("--hold", a.hold, 0.0, 600.0, "give seconds, e.g. --hold 1.5")
     max_s = _float_option("--max-seconds", a.max_seconds, 0.0, 60.0, "e.g. --max-seconds 10")
     name = a.name if a.name is not None else out.stem

@@ -69,7 +69,7 @@ def _distance_fn(data: DataConfig) -> Callable[..., jax.Array]:
 
 
 def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndarray, seed: int = 0,
-                    batch_size: int = 128) -> np.ndarray:
+                    batch_size: int = 128, progress: str | None = None) -> np.ndarray:
     """Proxy multi-resolution STFT distance [M] of ``presets`` [M, n_params] (normalized)
     against ``target_audio`` [M, C, T], rendered ``batch_size`` at a time (one compiled shape;
     ``benchmarks.train``, 16 kHz, 1 s: 8.2 / 7.4 / 8.6 ms per sound at 64 / 128 / 256)."""
@@ -81,12 +81,18 @@ def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndar
     presets = np.asarray(presets, np.float32)
     target_audio = np.asarray(target_audio, np.float32)
     out = np.empty(len(presets), np.float64)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(presets), unit="render", desc=progress, leave=False, disable=progress is None or
+               len(presets) <= batch_size, dynamic_ncols=True)
     for a in range(0, len(presets), batch_size):
         n = min(batch_size, len(presets) - a)
         x = np.pad(presets[a:a + n], ((0, batch_size - n), (0, 0)))
         t = np.pad(target_audio[a:a + n], ((0, batch_size - n), (0, 0), (0, 0)))
         key = jax.random.fold_in(jax.random.key(seed), a)  # the proxy's noise sources
         out[a:a + n] = np.asarray(fn(jnp.asarray(x), jnp.asarray(t), key, pitch, velocity))[:n]
+        bar.update(n)
+    bar.close()
     return out
 
 
@@ -110,7 +116,7 @@ class BestOfK:
 
 
 def best_of_k(data: DataConfig, candidates: np.ndarray, target_audio: np.ndarray, seed: int = 0,
-              batch_size: int = 128) -> BestOfK:
+              batch_size: int = 128, progress: str | None = "proxy: rank candidates") -> BestOfK:
     """Each target's candidate [N, k, n_params] whose proxy render (``data``'s note, velocity,
     length) is nearest to ``target_audio`` [N, C, T]: N x k proxy renders, no real engine."""
     t0 = time.perf_counter()
@@ -120,7 +126,7 @@ def best_of_k(data: DataConfig, candidates: np.ndarray, target_audio: np.ndarray
         raise ValueError(f"best_of_k: {n} candidate sets and {len(target_audio)} targets; expected one set per target")
     rows = np.repeat(np.arange(n), k)
     d = proxy_distances(data, candidates.reshape(n * k, -1), np.asarray(target_audio, np.float32)[rows], seed,
-                        batch_size).reshape(n, k)
+                        batch_size, progress).reshape(n, k)
     d = np.where(np.isfinite(d), d, np.inf)
     pick = d.argmin(axis=1)
     return BestOfK(candidates[np.arange(n), pick], d[np.arange(n), pick], pick, d, time.perf_counter() - t0)
@@ -177,7 +183,8 @@ def proxy_search(data: DataConfig, layout: HeadLayout, start: np.ndarray, probs:
             drawn = _draw_choices(rng, np.asarray(probs[j], np.float64)[rows])
             cand[redraw, i] = drawn[redraw] / (k - 1)
         cand = np.asarray(spec.snap_normalized(cand), np.float64)
-        d = proxy_distances(data, cand, target_audio[rows], seed + r + 1, batch_size).reshape(n, candidates)
+        d = proxy_distances(data, cand, target_audio[rows], seed + r + 1, batch_size,
+                            f"proxy search: round {r + 1}/{rounds}").reshape(n, candidates)
         pick = d.argmin(axis=1)
         d_pick = d[np.arange(n), pick]
         better = d_pick < best_d

@@ -194,12 +194,8 @@ def estimate_note(audio: np.ndarray, sample_rate: int) -> tuple[int | None, floa
     return int(np.clip(round(float(librosa.hz_to_midi(hz))), 0, 127)), hz, fraction
 
 
-def prepare_target(path: str | os.PathLike, data: Any, note: int | str = "auto",
-                   say: Callable[[str], None] = print) -> Target:
-    """Read and condition a target for a run whose data config is ``data`` (``--note``: ``auto``
-    or a MIDI note)."""
-    import librosa
-
+def _reader(path: str | os.PathLike, say: Callable[[str], None]):
+    """(audio, rate, meta, messages, tell) of a target file; ``tell`` records and says."""
     raw, sr, meta = read_audio(path)
     messages: list[str] = []
 
@@ -211,38 +207,61 @@ def prepare_target(path: str | os.PathLike, data: Any, note: int | str = "auto",
         pk = meta["normalised_from_peak"]
         tell(f"the file peaks at {pk:.3g} ({20 * math.log10(pk):+.1f} dBFS), beyond full scale: normalised to a peak "
              "of 1.0 (0 dBFS) before matching")
+    return raw, sr, meta, messages, tell
 
+
+def _note_of(window: np.ndarray, data: Any, note: int | str, tell: Callable[[str], None]
+             ) -> tuple[int, str, float | None]:
+    """(MIDI note, how it was found, median f0) of a window at the run's rate: ``note`` when given,
+    else pYIN (falling back to ``data.note`` without a stable pitch)."""
+    import librosa
+
+    if note != "auto":
+        return int(note), "given", None
+    est, f0, frac = estimate_note(window, data.sample_rate)
+    if est is None:
+        tell(f"no stable pitch found (pYIN voiced in {frac:.0%} of frames): playing note {int(data.note)}; pass "
+             "--note MIDI to choose one")
+        return int(data.note), "fallback", None
+    tell(f"estimated note {est} ({librosa.midi_to_note(est)}, median f0 {f0:.1f} Hz, voiced in {frac:.0%} of frames)")
+    return est, "estimated", f0
+
+
+def _heard(window: np.ndarray, data: Any, midi: int, note_range: tuple[int, ...],
+           tell: Callable[[str], None]) -> tuple[np.ndarray, int]:
+    """(what the encoder hears [C, T], the note it is told): the window as it is when the model was
+    trained on ``midi`` (``note_range``; empty: ``data.note`` only), else transposed to the nearest
+    note it was trained on (at most ``MAX_TRANSPOSE`` semitones)."""
+    import librosa
+
+    lo, hi = (note_range[0], note_range[1]) if note_range else (int(data.note), int(data.note))
+    model_note = int(min(max(midi, lo), hi))
+    shift = model_note - midi
+    if abs(shift) > MAX_TRANSPOSE:
+        raise _err("note", f"within {MAX_TRANSPOSE} semitones of the notes the model was trained on ({lo}..{hi})",
+                   midi, "pass --note closer to them, or train a model on nearer notes")
+    if not shift:
+        return window, model_note
+    tell(f"the model hears the target transposed by {shift:+d} semitones to note {model_note} (it was trained on "
+         f"notes {lo}..{hi}); the synth plays note {midi}")
+    return np.stack([librosa.effects.pitch_shift(ch, sr=data.sample_rate, n_steps=float(shift))
+                     for ch in window.astype(np.float64)]).astype(np.float32), model_note
+
+
+def prepare_target(path: str | os.PathLike, data: Any, note: int | str = "auto",
+                   say: Callable[[str], None] = print) -> Target:
+    """Read and condition a target for a run whose data config is ``data`` (``--note``: ``auto``
+    or a MIDI note): the run's rate and window; the encoder hears it transposed to ``data.note``."""
+    raw, sr, meta, messages, tell = _reader(path, say)
     from proxies.synth import get_synth
 
     channels = get_synth(data.synth, data.spec or None).channels
     audio = condition_audio(raw, sr, data.sample_rate, data.n_samples, tell, channels)
     if float(np.max(np.abs(audio))) < SILENCE_PEAK:
         raise _err("target", "a sound inside the matched window", "silence there", "trim the file to the sound")
-    f0 = None
-    if note == "auto":
-        est, f0, frac = estimate_note(audio, data.sample_rate)
-        if est is None:
-            midi, source = int(data.note), "fallback"
-            tell(f"no stable pitch found (pYIN voiced in {frac:.0%} of frames): playing the run's training note "
-                 f"{midi}; pass --note MIDI to choose one")
-        else:
-            midi, source = est, "estimated"
-            tell(f"estimated note {midi} ({librosa.midi_to_note(midi)}, median f0 {f0:.1f} Hz, voiced in "
-                 f"{frac:.0%} of frames)")
-    else:
-        midi, source = int(note), "given"
-    shift = int(data.note) - midi
-    if abs(shift) > MAX_TRANSPOSE:
-        raise _err("note", f"within {MAX_TRANSPOSE} semitones of the run's training note {data.note}", midi,
-                   "pass --note closer to it, or train a run on a nearer note")
-    if shift:
-        model_input = np.stack([librosa.effects.pitch_shift(ch, sr=data.sample_rate, n_steps=float(shift))
-                                for ch in audio.astype(np.float64)]).astype(np.float32)
-        tell(f"the model hears the target transposed by {shift:+d} semitones to its training note {data.note}; "
-             f"the plugin plays note {midi}")
-    else:
-        model_input = audio
-    return Target(audio, model_input, midi, source, f0, messages, meta)
+    midi, source, f0 = _note_of(audio, data, note, tell)
+    model_input, model_note = _heard(audio, data, midi, (), tell)
+    return Target(audio, model_input, midi, source, f0, messages, meta, model_note=model_note)
 
 
 #: the whole sound is judged up to this length (longer sounds: their start, and it is said)
@@ -263,21 +282,9 @@ def prepare_whole_target(path: str | os.PathLike, data: Any, note: int | str = "
     :data:`DURATION_STEP_S`; the note-off at ``hold`` seconds or estimated from the envelope
     (``training.envelope.estimate_hold``); ``model_input`` the first window at the run's rate
     (``data``), transposed into ``note_range`` (the notes the model was trained on) if needed."""
-    import librosa
-
     from training.envelope import estimate_hold
 
-    raw, sr, meta = read_audio(path)
-    messages: list[str] = []
-
-    def tell(m: str) -> None:
-        messages.append(m)
-        say(m)
-
-    if "normalised_from_peak" in meta:
-        pk = meta["normalised_from_peak"]
-        tell(f"the file peaks at {pk:.3g} ({20 * math.log10(pk):+.1f} dBFS), beyond full scale: normalised to a peak "
-             "of 1.0 (0 dBFS) before matching")
+    raw, sr, meta, messages, tell = _reader(path, say)
     from proxies.synth import get_synth
 
     channels = get_synth(data.synth, data.spec or None).channels
@@ -307,30 +314,8 @@ def prepare_whole_target(path: str | os.PathLike, data: Any, note: int | str = "
     tell(f"judging the whole sound: {duration:g} s at {rate} Hz, note released at {hold_s:.2f} s")
     # the encoder's window: the start of the sound at the run's rate and length
     window = condition_audio(audio, rate, data.sample_rate, data.n_samples, lambda m: None, channels)
-    f0 = None
-    if note == "auto":
-        midi_est, f0, frac = estimate_note(window, data.sample_rate)
-        if midi_est is None:
-            midi, source = int(data.note), "fallback"
-            tell(f"no stable pitch found (pYIN voiced in {frac:.0%} of frames): playing note {midi}; pass --note MIDI "
-                 "to choose one")
-        else:
-            midi, source = midi_est, "estimated"
-            tell(f"estimated note {midi} ({librosa.midi_to_note(midi)}, median f0 {f0:.1f} Hz, voiced in "
-                 f"{frac:.0%} of frames)")
-    else:
-        midi, source = int(note), "given"
-    lo, hi = (note_range[0], note_range[1]) if note_range else (int(data.note), int(data.note))
-    model_note = int(min(max(midi, lo), hi))
-    shift = model_note - midi
-    if abs(shift) > MAX_TRANSPOSE:
-        raise _err("note", f"within {MAX_TRANSPOSE} semitones of the notes the model was trained on ({lo}..{hi})",
-                   midi, "pass --note closer to them, or train a model on nearer notes")
-    if shift:
-        window = np.stack([librosa.effects.pitch_shift(ch, sr=data.sample_rate, n_steps=float(shift))
-                           for ch in window.astype(np.float64)]).astype(np.float32)
-        tell(f"the model hears the target transposed by {shift:+d} semitones to note {model_note} (it was trained "
-             f"on notes {lo}..{hi}); the synth plays note {midi}")
+    midi, source, f0 = _note_of(window, data, note, tell)
+    window, model_note = _heard(window, data, midi, note_range, tell)
     return Target(audio, window, midi, source, f0, messages, meta, rate, duration, hold_s, hold_source, model_note)
 
 
