@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     render_fn = make_proxy_render(cfg.data) if uses_spectral else None
     distance_fn = make_distance_fn(cfg.loss) if uses_spectral else None
     step_param, step_full, _ = compiled_steps(cfg.loss, layout, feature_fn, render_fn, distance_fn)
-    batch = {"audio": jnp.asarray(audio[:b]), "normalized": jnp.asarray(normalized)}
+    lo, hi = cfg.data.note_range or (cfg.data.note, cfg.data.note)
+    batch = {"audio": jnp.asarray(audio[:b]), "normalized": jnp.asarray(normalized),
+             "pitch": jnp.asarray(rng.integers(lo, hi + 1, b), jnp.int32),  # each sound its own note, as in fit
+             "velocity": jnp.full((b,), cfg.data.velocity, jnp.int32)}
     key = jax.random.key(0)
 
     results: dict = {

@@ -212,7 +212,7 @@ def test_match_factory_preset(tiny_run, tmp_path, capsys, corpus_cache, monkeypa
     assert report["hold_s"] == pytest.approx(0.3, abs=0.051)  # the note-off, from the envelope
     assert [s["name"] for s in report["stages"]] == ["model", "best_of_k", "refine", "search"]
     ranked = report["stages"][1]
-    assert ranked["candidates"] == 16 + 16 and len(ranked["proxy_distances"]) == 32
+    assert ranked["candidates"] == 16 + 48 and len(ranked["proxy_distances"]) == 64
     assert any(name in src for src in ranked["sources"]), "the target's own preset is among the nearest human presets"
     assert report["stages"][2]["renders"] == 2 and report["stages"][3]["renders"] == 12
     assert name in ranked["picked"], ranked["picked"]  # the real synth confirms it

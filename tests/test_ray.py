@@ -90,7 +90,7 @@ def test_amsynth_dataset_on_ray_equals_the_process_pool_and_resumes(tmp_path, am
     pool = build_dataset(tiny(tmp_path / "pool"), progress=False, log=lambda *_: None)
     logs: list[str] = []
     on_ray = build_dataset(tiny(tmp_path / "ray", "data.backend=ray"), progress=False, log=logs.append)
-    assert any("rendering 24 presets in 4 shard(s)" in m for m in logs), logs
+    assert any("rendering 40 presets in 6 shard(s)" in m for m in logs), logs  # gallery included
     assert on_ray.root.name == pool.root.name  # the same fingerprint
     assert_same_files(pool.root, on_ray.root)
 

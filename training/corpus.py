@@ -248,15 +248,10 @@ def best_in_corpus_by_mss(corpus: CorpusRenders, target_audio: np.ndarray, sampl
                           batch: int = 128) -> tuple[int, np.ndarray]:
     """(row of the smallest ``mss``, ``mss`` [N] of every corpus render against ``target_audio``
     [C, T] float32): the multi-resolution STFT distance of :func:`training.evaluate_core.audio_metrics`."""
-    from training.evaluate_core import audio_metrics
+    from training.evaluate_core import mss_to_one
 
     if int(sample_rate) != corpus.sample_rate:
         raise ValueError(f"sample_rate: the corpus was rendered at {corpus.sample_rate} Hz, got {sample_rate}; "
                          "resample the target or render the corpus at its rate")
-    t = _target(corpus, target_audio)
-    out = []
-    for a in range(0, len(corpus.names), batch):
-        chunk = np.asarray(corpus.audio[a:a + batch], np.float32)
-        out.append(audio_metrics(chunk, np.broadcast_to(t, chunk.shape), corpus.sample_rate)["mss"])
-    mss = np.concatenate(out) if out else np.zeros(0)
+    mss = mss_to_one(corpus.audio, _target(corpus, target_audio), batch)
     return int(np.argmin(mss)), mss

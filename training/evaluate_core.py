@@ -187,6 +187,28 @@ def audio_metrics(pred_audio: np.ndarray, target_audio: np.ndarray, sample_rate:
         {"mss": np.zeros(0), "logmel_l1": np.zeros(0), "mfcc_l1": np.zeros(0)}
 
 
+@functools.lru_cache(maxsize=4)
+def _mss_fn() -> Callable:
+    from diffsynth import losses
+
+    return jax.jit(lambda pred, target: losses.multi_resolution_stft_loss(
+        pred, jnp.broadcast_to(target, pred.shape)).mean(axis=-1))
+
+
+def mss_to_one(audio: np.ndarray, target: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """``mss`` [N] of every sound of ``audio`` [N, C, T] against one ``target`` [C, T]: the
+    ``mss`` of :func:`audio_metrics` alone (a third of its cost), for ranking many candidates."""
+    fn = _mss_fn()
+    t = jnp.asarray(np.asarray(target, np.float32))
+    out = []
+    for a in range(0, len(audio), batch_size):
+        chunk = np.asarray(audio[a:a + batch_size], np.float32)
+        n = len(chunk)
+        chunk = np.pad(chunk, ((0, batch_size - n), (0, 0), (0, 0)))  # one compiled shape
+        out.append(np.asarray(fn(jnp.asarray(chunk), t))[:n])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def param_metrics(layout: HeadLayout, pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
     """Per-sound ``param_mae`` (mean |error| of the continuous learned parameters, normalized)
     and ``cat_acc`` (fraction of categorical learned parameters whose choice is right)."""

@@ -15,10 +15,11 @@
    nearest to the sound join them (the factory corpus rendered once per note and cached:
    ``training.corpus``).
 3. Every candidate is rendered through the differentiable proxy over the whole sound and ranked
-   by its distance to the target; gradient descent through the proxy refines the best one.
-4. The best few candidates and refinement snapshots are rendered through the **real synth**; the
-   one nearest to the target is kept (``--quality best`` then runs CMA-ES through the real synth).
-   Candidates more than ``QUIET_DB`` quieter than the target are never kept.
+   by its distance to the target; the best-ranked ones are rendered through the **real synth**.
+4. Gradient descent through the proxy refines the real synth's best candidate; its snapshots are
+   rendered through the real synth, and the one nearest to the target is kept (``--quality best``
+   then runs CMA-ES through the real synth). Candidates more than ``QUIET_DB`` quieter than the
+   target are never kept.
 
 ``--quality`` (see :data:`QUALITIES`): ``fast`` (model candidates ranked by the proxy, one plugin
 render: the written preset's), ``default`` (all of the above), ``best`` (more candidates, longer
@@ -79,8 +80,8 @@ class Quality(NamedTuple):
 
 QUALITIES = {
     "fast": Quality(candidates=16, corpus=0, refine_steps=0, snapshots=0, plugin_picks=1, search_renders=0),
-    "default": Quality(candidates=16, corpus=16, refine_steps=30, snapshots=4, plugin_picks=4, search_renders=0),
-    "best": Quality(candidates=32, corpus=32, refine_steps=80, snapshots=6, plugin_picks=6, search_renders=300),
+    "default": Quality(candidates=16, corpus=48, refine_steps=30, snapshots=4, plugin_picks=16, search_renders=0),
+    "best": Quality(candidates=32, corpus=96, refine_steps=80, snapshots=6, plugin_picks=32, search_renders=300),
 }
 
 
@@ -273,10 +274,16 @@ class MatchResult:
 
 
 def _metrics(audio: np.ndarray, target: np.ndarray, sample_rate: int) -> dict[str, float]:
+    return _metrics_many(audio[None], target, sample_rate)[0]
+
+
+def _metrics_many(audio: np.ndarray, target: np.ndarray, sample_rate: int) -> list[dict[str, float]]:
+    """The distances of each of ``audio`` [N, C, T] to one ``target`` [C, T], 4 at a time (one
+    compiled shape per judged length, small enough for a few candidates)."""
     from training.evaluate_core import audio_metrics
 
-    m = audio_metrics(audio[None], target[None], sample_rate)
-    return {k: float(v[0]) for k, v in m.items()}
+    m = audio_metrics(audio, np.broadcast_to(target, audio.shape), sample_rate, batch_size=4)
+    return [{k: float(v[i]) for k, v in m.items()} for i in range(len(audio))]
 
 
 def cache_root() -> Path:
@@ -296,13 +303,15 @@ def _candidates(opts: Options, predictor: Any, target: Target, plan: Quality, sa
     sources = ["model"] + [f"model candidate {i}" for i in range(1, len(cands))]
     synth = options_synth(opts)
     if plan.corpus > 0 and synth.presets.corpus is not None:
-        from training.corpus import corpus_renders, nearest_in_corpus
+        from training.corpus import best_in_corpus_by_mss, corpus_renders
 
         t0 = time.perf_counter()
         corpus = corpus_renders(synth.name, target.model_note, data.velocity, data.sample_rate, data.duration_s,
                                 data.hold_s, cache_dir=str(cache_root() / "corpus"),
                                 workers=opts.workers or data.workers, progress=True, log=say)
-        idx = nearest_in_corpus(corpus, target.model_input, plan.corpus)
+        # the human presets whose cached render (the model's window, at the note) is nearest by the judged distance
+        _, mss = best_in_corpus_by_mss(corpus, target.model_input, data.sample_rate)
+        idx = np.argsort(np.where(np.isfinite(mss), mss, np.inf), kind="stable")[:plan.corpus]
         cands = np.concatenate([cands, corpus.normalized[idx]])
         sources += [f"human preset {corpus.names[i]!r}" for i in idx]
         timing["corpus_s"] = time.perf_counter() - t0
@@ -320,12 +329,13 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     data = cfg.data
     target = prepare_whole_target(opts.target, data, opts.note, opts.hold, say, opts.max_seconds,
                                   data.note_range)  # bad audio fails here, before JAX loads
+    t_target = time.perf_counter() - t_all
     judge = dataclasses.replace(data, sample_rate=target.sample_rate, duration_s=target.duration_s,
                                 hold_s=target.hold_s, note=target.note, note_range=(), velocity_range=())
     plan = opts.plan
     synth = options_synth(opts)
     has_proxy = synth.proxy is not None
-    timing: dict[str, float] = {}
+    timing: dict[str, float] = {"target_s": t_target}
     t0 = time.perf_counter()
     enable_compilation_cache()
     if predictor is None:
@@ -354,23 +364,16 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
         proxy_d = ranked.distances[0]
         order = np.argsort(proxy_d, kind="stable")
         timing["rank_s"] = time.perf_counter() - t0
-        if plan.refine_steps > 0:
-            from training.refine import get_refiner
-
-            say(f"refining the best-ranked candidate through the proxy: {plan.refine_steps} gradient steps (a new "
-                "length or rate compiles the gradient once: 1-3 min, then cached)")
-            refiner = get_refiner(judge, tuple(cfg.loss.fft_sizes), 1)
-            res = refiner.refine(cands[order[0]][None], target.audio[None], plan.refine_steps, plan.snapshots,
-                                 seed=opts.seed, lr=opts.refine_lr)
-            timing["refine_s"], timing["refine_compile_s"] = res.seconds, res.compile_seconds
 
     # -- the real synth judges the best few
     picks = list(dict.fromkeys(int(i) for i in order[:max(plan.plugin_picks, 1)]))
     fast = opts.quality == "fast" and plan.refine_steps == 0 and plan.search_renders == 0
     rows = ([] if fast else [0]) + picks  # the model's one preset: what the later stages bought
     rows = list(dict.fromkeys(rows))
-    snaps = res.candidates[1:, 0] if res is not None else np.zeros((0, cands.shape[1]))
+    t0 = time.perf_counter()
     with NoteRenderer(judge, opts.workers, log=say) as renderer:
+        timing["engine_start_s"] = time.perf_counter() - t0
+
         def render(normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return renderer.render_at(normalized, [target.note] * len(normalized))
 
@@ -383,15 +386,25 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
             timing["total_s"] = time.perf_counter() - t_all
             return MatchResult(target, stages, final, None, sr, timing)
         t0 = time.perf_counter()
-        batch = np.concatenate([cands[rows], snaps]) if len(snaps) else cands[rows]
-        say(f"rendering {len(batch)} candidate(s) through the real {synth.name} over the whole sound")
+        batch = cands[rows]
+        say(f"rendering the {len(batch)} best-ranked candidate(s) through the real {synth.name} over the whole sound")
         audio, ok = render(batch)
         t_render = time.perf_counter() - t0
         if not ok.any():
             raise RuntimeError("the real synth failed to render every candidate twice; see the worker log above "
                                "(a plugin crash, not a problem with the target)")
         loud = rms_db(audio) >= floor_db
-        scores = [(_metrics(a, target.audio, sr) if k else None) for a, k in zip(audio, ok)]
+        scores = [(m if k else None) for m, k in zip(_metrics_many(audio, target.audio, sr), ok)]
+
+        def add(more: np.ndarray) -> list[int]:
+            """Render ``more`` presets too; their rows in ``batch``."""
+            nonlocal batch, audio, ok, loud
+            a2, ok2 = render(more)
+            rows_ = list(range(len(batch), len(batch) + len(more)))
+            batch, audio, ok = np.concatenate([batch, more]), np.concatenate([audio, a2]), np.concatenate([ok, ok2])
+            loud = np.concatenate([loud, rms_db(a2) >= floor_db])
+            scores.extend(m if k else None for m, k in zip(_metrics_many(a2, target.audio, sr), ok2))
+            return rows_
 
         def score_of(j: int) -> float:
             return scores[j]["mss"] if scores[j] is not None and loud[j] else math.inf
@@ -412,7 +425,6 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
                                 {**extra, "candidate_mss": scores[j]["mss"] if scores[j] else None,
                                  "judged_by": "real synth"}))
 
-        nrow = len(rows)
         if not fast:
             stage("model", [0], 1, timing.get("model_s", 0.0), {"source": sources[0],
                                                                  "proxy_distance": float(proxy_d[0])})
@@ -421,10 +433,22 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
               {"candidates": len(cands), "proxy_distances": proxy_d.tolist(), "sources": sources,
                "picked": sources[rows[min(pick_js, key=score_of)]] if pick_js else None,
                "ranked_first": sources[int(order[0])]})
-        if res is not None:
-            stage("refine", list(range(nrow, nrow + len(snaps))), len(snaps), res.seconds,
+        # -- gradient refinement through the proxy, from the real synth's best so far
+        if has_proxy and plan.refine_steps > 0:
+            from training.refine import get_refiner
+
+            say(f"refining the real synth's best candidate through the proxy: {plan.refine_steps} gradient steps (a "
+                "new length or rate compiles the gradient once: 1-3 min, then cached)")
+            refiner = get_refiner(judge, tuple(cfg.loss.fft_sizes), 1)
+            res = refiner.refine(batch[best_j][None], target.audio[None], plan.refine_steps, plan.snapshots,
+                                 seed=opts.seed, lr=opts.refine_lr)
+            timing["refine_s"], timing["refine_compile_s"] = res.seconds, res.compile_seconds
+            t0 = time.perf_counter()
+            snap_js = add(res.candidates[1:, 0])
+            t_render += time.perf_counter() - t0
+            stage("refine", snap_js, len(snap_js), res.seconds,
                   {"snapshot_steps": list(res.steps), "proxy_distance": res.proxy_distance[:, 0].tolist(),
-                   "plugin_mss": [scores[j]["mss"] if scores[j] else None for j in range(nrow, nrow + len(snaps))]})
+                   "plugin_mss": [scores[j]["mss"] if scores[j] else None for j in snap_js]})
         timing["plugin_s"] = t_render
         quiet = int((ok & ~loud).sum())
         if quiet:
@@ -457,7 +481,9 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     proxy_audio = None
     if refiner is not None:
         try:
+            t0 = time.perf_counter()
             proxy_audio = refiner.render(final_n[None], seed=opts.seed)[0]
+            timing["figure_s"] = time.perf_counter() - t0
         except Exception as e:  # the figure must not cost the user the preset
             say(f"warning: no proxy render for the figure ({type(e).__name__}: {e})")
     timing["total_s"] = time.perf_counter() - t_all
