@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.match import Options, load_model, match_one, model_config
     from training.recordings import RECORDINGS, copy_recordings
     from training.gallery import item_status, write_gallery
+    from training.targets import prepare_whole_target
 
     out = Path(a.out)
     targets = out / "targets"
@@ -61,15 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     predictor = load_model(base)
     load_s = time.perf_counter() - t0
     velocity = predictor.cfg.data.velocity
-    suffix = ".amSynth"
     from proxies.synth import get_synth
 
     synth = get_synth(model_config(base)["data"]["synth"])
     suffix = synth.presets.write_suffix
     rows: list[dict] = []
     if a.passes == 0:
-        from training.targets import prepare_whole_target
-
         for path in paths:
             rec = recs[path.stem]
             tg = prepare_whole_target(path, predictor.cfg.data, "auto" if rec.auto_note else rec.midi, None,
@@ -110,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             corpus = corpus_renders(synth.name, row["note"], velocity, row["sample_rate"], row["duration_s"],
                                     row["hold_s"], cache_dir=str(out / "corpus"), progress=True)
-            from training.targets import prepare_whole_target
-
             tg = prepare_whole_target(targets / f"{row['name']}.wav", predictor.cfg.data,
-                                      row["note"], row["hold_s"], say=lambda m: None)
+                                      row["note"], row["hold_s"], say=lambda m: None,
+                                      note_range=predictor.cfg.data.note_range)
             best, mss = best_in_corpus_by_mss(corpus, tg.audio, row["sample_rate"])
             row.update({"factory_best_mss": float(mss[best]), "factory_best": corpus.names[best],
                         "factory_median_mss": float(np.median(mss)), "brute_force_renders": len(mss),

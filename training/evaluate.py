@@ -355,10 +355,11 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
         methods["random_preset"] = Method(sample_presets(synth_of(data), rng, n, frozen=dict(data.frozen)),
                                           0.0, 0.0)
         if dataset is not None:
-            emb = logmel_embeddings(dataset.train.audio, sr)
+            lookup = dataset.lookup  # the training presets at data.note (the gallery with a note range)
+            emb = logmel_embeddings(lookup.audio, sr)
             t0 = time.perf_counter()
-            idx = nearest_neighbour(emb, logmel_embeddings(targets.model_input, sr))
-            methods["nearest_neighbour"] = Method(dataset.train.normalized[idx], time.perf_counter() - t0, 0.0)
+            idx = nearest_neighbour(emb, logmel_embeddings(targets.model_input, sr))  # targets at data.note too
+            methods["nearest_neighbour"] = Method(lookup.normalized[idx], time.perf_counter() - t0, 0.0)
         param_run, diffs = (args.param_run, []) if args.param_run else find_param_run(args.run, cfg)
         if diffs:
             notes.append(f"the parameter-loss-only run {param_run} differs from the run in: {', '.join(diffs)}")

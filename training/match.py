@@ -292,8 +292,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("SYNTHPROG_CACHE") or Path.home() / ".cache" / "synthprog")
 
 
-def _candidates(opts: Options, predictor: Any, target: Target, plan: Quality, say: Callable[[str], None],
-                timing: dict[str, float]) -> tuple[np.ndarray, list[str], np.ndarray]:
+def _candidates(opts: Options, synth: Any, predictor: Any, target: Target, plan: Quality,
+                say: Callable[[str], None], timing: dict[str, float]) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(candidates [K, n_params], where each came from, the model's one preset [n_params])."""
     data = predictor.cfg.data
     t0 = time.perf_counter()
@@ -301,7 +301,6 @@ def _candidates(opts: Options, predictor: Any, target: Target, plan: Quality, sa
     cands = predictor.candidates(outs, max(plan.candidates, 1), opts.seed)[0]
     timing["model_s"] = time.perf_counter() - t0
     sources = ["model"] + [f"model candidate {i}" for i in range(1, len(cands))]
-    synth = options_synth(opts)
     if plan.corpus > 0 and synth.presets.corpus is not None:
         from training.corpus import best_in_corpus_by_mss, corpus_renders
 
@@ -346,7 +345,7 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     from training.search import NoteRenderer, rms_db
 
     sr = target.sample_rate
-    cands, sources, point = _candidates(opts, predictor, target, plan, say, timing)
+    cands, sources, point = _candidates(opts, synth, predictor, target, plan, say, timing)
     stages: list[Stage] = []
     floor_db = float(rms_db(target.audio[None])[0]) - QUIET_DB  # quieter candidates are not kept
 
@@ -555,12 +554,12 @@ def write_outputs(opts: Options, result: MatchResult, outs: OutputSet | None = N
              result.target.audio)]
     if result.proxy_audio is not None:
         rows.append(("proxy render of the preset", result.proxy_audio))
-    rows.append((f"real {options_synth(opts).name} render (mss {result.final.metrics['mss']:.3f})", result.final.audio))
+    synth = options_synth(opts)
+    rows.append((f"real {synth.name} render (mss {result.final.metrics['mss']:.3f})", result.final.audio))
     outs.write_bytes(paths["png"], spectrogram_png(rows, sr, title=f"{opts.target.name} -> {opts.out.name}, "
                                                                   f"note {result.target.note}"))
     from training.search import rms_db
 
-    synth = options_synth(opts)
     t = result.target
     report = {
         "target": result.target.source,
