@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.heads import head_layout
     from training.losses import schedule_weights
     from training.proxy_loss import make_distance_fn, make_proxy_render
-    from training.train import compiled_steps, create_train_state
+    from training.train import compiled_steps, create_train_state, step_loss_config
 
     layout = head_layout(spec_of(cfg.data.synth), cfg.data.frozen)
     rng = np.random.default_rng(0)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     uses_spectral = any(schedule_weights(s, cfg.loss)[1] > 0 for s in range(cfg.optim.steps))
     render_fn = make_proxy_render(cfg.data) if uses_spectral else None
     distance_fn = make_distance_fn(cfg.loss) if uses_spectral else None
-    step_param, step_full, _ = compiled_steps(cfg.loss, layout, feature_fn, render_fn, distance_fn)
+    step_param, step_full, _ = compiled_steps(step_loss_config(cfg), layout, feature_fn, render_fn, distance_fn)
     lo, hi = cfg.data.note_range or (cfg.data.note, cfg.data.note)
     batch = {"audio": jnp.asarray(audio[:b]), "normalized": jnp.asarray(normalized),
              "pitch": jnp.asarray(rng.integers(lo, hi + 1, b), jnp.int32),  # each sound its own note, as in fit

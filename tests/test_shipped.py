@@ -1,6 +1,6 @@
 """Shipped models (``training/shipped/<synth>/``): export from a run, load by name with the
-weights checked, refuse damaged files with the fix named; and the shipped amsynth model matches a
-sound with no trained run, from another working directory."""
+weights checked, refuse damaged files with the fix named; and the shipped amsynth and Dexed
+models match a sound with no trained run, from another working directory."""
 
 from __future__ import annotations
 
@@ -85,3 +85,51 @@ def test_shipped_amsynth_matches_a_sound_from_any_directory(tmp_path):
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["model"] == "shipped:amsynth" and np.isfinite(report["final"]["metrics"]["mss"])
     assert out.is_file() and out.with_suffix(".fxp").is_file()
+
+
+def dexed_target(path: Path, sample_rate: int = 16000, duration_s: float = 1.0) -> str:
+    """One of hexter's human DX7 voices rendered by dexed-py at note 60, as a float wav."""
+    import soundfile as sf
+
+    from proxies.dexed.engine import open_engine
+    from proxies.dexed.presets import hexter_corpus
+    from proxies.notes import Note
+
+    names, normalized = hexter_corpus("all")
+    i = 37
+    engine = open_engine(sample_rate, workers=1)
+    try:
+        audio, failures = engine.render(normalized[i:i + 1], (Note(60, 100, 0.0, 0.5),), duration_s)
+    finally:
+        engine.close()
+    assert not failures
+    sf.write(path, audio[0].T, sample_rate, subtype="FLOAT")
+    return names[i]
+
+
+@pytest.mark.skipif(not (ROOT / "training" / "shipped" / "dexed" / "manifest.json").is_file(),
+                    reason="no shipped Dexed model in this checkout")
+def test_shipped_dexed_matches_a_voice_from_any_directory(tmp_path):
+    """The same for Dexed: a human DX7 voice, matched by the shipped model into a loadable sysex."""
+    from proxies.dexed.presets import read_preset
+    from proxies.dexed.spec import DEXED
+    from training import shipped
+
+    m = shipped.read_manifest("dexed")
+    for set_name in ("random", "factory"):  # the shipped figures the README quotes
+        rows = m["eval"][set_name]
+        assert rows["model+proxy_search"]["mss"] < rows["nearest_neighbour"]["mss"] < rows["mean_preset"]["mss"]
+    target = tmp_path / "voice.wav"
+    dexed_target(target)
+    out = tmp_path / "out" / "patch.syx"
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-m", "training.match", str(target), "--synth", "dexed", "--out", str(out),
+                        "--quality", "fast"], cwd=elsewhere, capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["model"] == "shipped:dexed" and np.isfinite(report["final"]["metrics"]["mss"])
+    assert report["final"]["metrics"]["mss"] < 2.5  # a human voice the model never saw; the mean preset is ~4.6
+    name, normalized = read_preset(out, index=0)  # the written bank loads; its first voice is the match
+    assert np.asarray(normalized).shape == (DEXED.n_params,)

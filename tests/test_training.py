@@ -159,6 +159,7 @@ def test_head_layout_derives_from_the_spec():
     ("rawcnn", "raw", (2, 4000), "regression"),
     ("cnn", "logmel", (2, 17, 32), "bins"),
     ("cnn", "logmel", (2, 17, 32), "mixture"),
+    ("cnn", "logmel", (2, 17, 32), "flow"),
 ])
 def test_model_heads_have_the_spec_shapes(kind, features, shape, head):
     from training.heads import note_features
@@ -166,7 +167,8 @@ def test_model_heads_have_the_spec_shapes(kind, features, shape, head):
 
     cfg = load_config(None, [f"model.kind={kind}", f"features.kind={features}", "model.channels=[4, 8]",
                              "model.hidden=16", "model.lstm_hidden=8", "model.lstm_layers=1", "model.raw_filters=8",
-                             f"model.head={head}", "model.bins=8", "model.hypotheses=3"])
+                             f"model.head={head}", "model.bins=8", "model.hypotheses=3", "model.flow_hidden=16",
+                             "model.flow_steps=4"])
     layout = _layout()
     model = make_model(cfg.model, layout)
     x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
@@ -182,9 +184,13 @@ def test_model_heads_have_the_spec_shapes(kind, features, shape, head):
         assert pred["hyp_continuous"].shape == (2, 3, layout.n_continuous)
         top = np.argmax(np.asarray(pred["hyp_score"]), axis=1)
         assert np.allclose(pred["continuous"], np.asarray(pred["hyp_continuous"])[np.arange(2), top])
-    # the note is heard: another note, another prediction
+    if head == "flow":
+        assert pred["flow_h"].shape == (2, 16)
+    # the note is heard: another note, another prediction (an untrained flow is the identity map of its
+    # noise, so its one preset is the same for every sound; its decoder's choices are not)
     other = model.apply(params, x, note[::-1])
-    assert not np.allclose(np.asarray(other["continuous"]), np.asarray(pred["continuous"]))
+    key = "logits" if head == "flow" else "continuous"
+    assert not np.allclose(np.asarray(jax.tree.leaves(other[key])[0]), np.asarray(jax.tree.leaves(pred[key])[0]))
 
 
 def test_prediction_to_presets_round_trip():
@@ -353,7 +359,7 @@ def test_fit_end_to_end_through_the_real_plugin_and_resume(tmp_path, amsynth_pat
 
 
 @pytest.mark.plugin
-@pytest.mark.parametrize("head", ["bins", "mixture"])
+@pytest.mark.parametrize("head", ["bins", "mixture", "flow"])
 def test_fit_on_many_notes_with_a_many_answer_head(tmp_path, amsynth_path, head):
     """Training presets play notes 40..80 at velocities 60..127 (the model is told which); the held-out set
     plays data.note, and so does the nearest-neighbour gallery (the training presets rendered again)."""
@@ -362,6 +368,7 @@ def test_fit_on_many_notes_with_a_many_answer_head(tmp_path, amsynth_path, head)
     from training.train import train_and_evaluate
 
     cfg = _tiny_fit_config(tmp_path, head, f"model.head={head}", "model.bins=8", "model.hypotheses=3",
+                           "model.flow_hidden=32", "model.flow_steps=4",
                            "data.note_range=[40, 80]", "data.velocity_range=[60, 127]")
     ds = build_dataset(cfg.data, progress=False, log=lambda *_: None)
     assert ds.train.pitch.min() >= 40 and ds.train.pitch.max() <= 80 and len(set(ds.train.pitch.tolist())) > 4
@@ -573,6 +580,60 @@ def test_many_answer_losses_and_candidates():
     cont = list(layout.continuous)
     assert np.allclose(c[:, 0, cont], AMSYNTH.snap_normalized(presets)[:, cont], atol=1e-6)  # the best-scored first
     assert not np.allclose(c[:, 3, cont], c[:, 0, cont])  # beyond the hypotheses: steps around them
+
+
+def test_flow_head_learns_two_answers_where_regression_averages():
+    """Half the presets of one sound have every continuous parameter at 0.2, half at 0.8, their
+    categoricals following (choice 0 with the low half, the last with the high): the flow's draws land
+    near both answers with their own choices, where the mean (what regression learns) is 0.5; the
+    flow-matching loss has finite gradients against finite differences of its velocity weights."""
+    import optax
+
+    from proxies.amsynth.spec import AMSYNTH
+    from training.heads import head_layout
+    from training.losses import FlowFns, param_loss
+    from training.models import FlowHeads
+
+    layout = head_layout(AMSYNTH)
+    nc = layout.n_continuous
+    head = FlowHeads(layout, hidden=64, steps=16)
+    b = 64
+    high = np.arange(b) % 2 == 1
+    cont = np.where(high[:, None], 0.8, 0.2).astype(np.float32) * np.ones((b, nc), np.float32)
+    choice = np.stack([np.where(high, k - 1, 0) for k in layout.n_choices], axis=1).astype(np.int32)
+    targets = {"continuous": jnp.asarray(cont), "choice": jnp.asarray(choice)}
+    h = jnp.ones((b, 8), jnp.float32)  # the same sound for all: the answer is a distribution
+    params = head.init(jax.random.key(0), h)
+
+    def loss(p, key):
+        pred = head.apply(p, h)
+        fns = FlowFns(lambda *a: head.apply(p, *a, method="velocity"), lambda *a: head.apply(p, *a, method="decode"),
+                      key)
+        return param_loss(pred, targets, 1.0, fns)[0]
+
+    tx = optax.adam(3e-3)
+    opt = tx.init(params)
+    step = jax.jit(lambda p, o, key: (lambda l_g: (l_g[0], *tx.update(l_g[1], o, p)))(jax.value_and_grad(loss)(p, key)))
+    for i in range(400):
+        l, upd, opt = step(params, opt, jax.random.key(i))
+        params = optax.apply_updates(params, upd)
+    y0 = jax.random.normal(jax.random.key(99), (1, 200, nc))
+    drawn, logits = head.apply(params, h[:1], y0, method="sample")
+    means = np.asarray(drawn)[0].mean(axis=1)  # each draw's mean over the parameters
+    assert np.mean(np.abs(means - 0.5) > 0.2) > 0.8, np.histogram(means, bins=6)  # few averaged answers
+    assert 0.25 < np.mean(means > 0.5) < 0.75  # both answers drawn
+    first = np.asarray(logits[0])[0].argmax(-1)  # the first categorical follows its draw's answer
+    assert np.mean(first[means > 0.5] == layout.n_choices[0] - 1) > 0.9 and np.mean(first[means < 0.5] == 0) > 0.9
+
+    # the gradient of the loss is real: a directional finite difference in the velocity weights
+    key = jax.random.key(7)
+    g = jax.grad(loss)(params, key)
+    d = jax.tree.map(lambda x: jnp.asarray(np.random.default_rng(1).normal(size=x.shape), x.dtype), params)
+    eps = 1e-2
+    shifted = lambda s_: jax.tree.map(lambda p, v: p + s_ * eps * v, params, d)  # noqa: E731
+    fd = (float(loss(shifted(1.0), key)) - float(loss(shifted(-1.0), key))) / (2 * eps)
+    an = float(sum(jnp.vdot(a, v) for a, v in zip(jax.tree.leaves(g), jax.tree.leaves(d))))
+    assert np.isfinite(an) and abs(fd - an) <= 0.05 * abs(an) + 1e-4, (fd, an)
 
 
 def hard_from(layout, host):

@@ -195,10 +195,14 @@ class ModelConfig:
     # What the heads output (training/heads.py): "regression" (one preset: a sigmoid per continuous
     # parameter), "bins" (each continuous parameter as a distribution over `bins` ordinal values: many
     # answers, sampled as candidates), "mixture" (`hypotheses` whole presets and a score for each,
-    # trained winner-takes-all).
-    head: Literal["regression", "bins", "mixture"] = "regression"
+    # trained winner-takes-all), "flow" (conditional flow matching over the continuous parameters, the
+    # categoricals from a decoder that sees the continuous values drawn: a distribution of whole presets,
+    # sampled with `flow_steps` Euler steps).
+    head: Literal["regression", "bins", "mixture", "flow"] = "regression"
     bins: int = 16
     hypotheses: int = 8
+    flow_steps: int = 16
+    flow_hidden: int = 256  # width of the flow's velocity network and of its categorical decoder
     channels: tuple[int, ...] = (8, 16, 32, 32)  # 2-D conv blocks (cnn, rawcnn)
     hidden: int = 256  # dense layer before the heads
     lstm_hidden: int = 128
@@ -217,6 +221,8 @@ class ModelConfig:
         _require(2 <= self.raw_kernel <= 4096, "model.raw_kernel", "an integer in [2, 4096]", self.raw_kernel)
         _require(2 <= self.bins <= 256, "model.bins", "an integer in [2, 256]", self.bins)
         _require(2 <= self.hypotheses <= 64, "model.hypotheses", "an integer in [2, 64]", self.hypotheses)
+        _require(1 <= self.flow_steps <= 256, "model.flow_steps", "an integer in [1, 256]", self.flow_steps)
+        _require(8 <= self.flow_hidden <= 4096, "model.flow_hidden", "an integer in [8, 4096]", self.flow_hidden)
         _require(1 <= self.raw_stride <= self.raw_kernel, "model.raw_stride",
                  f"an integer in [1, model.raw_kernel = {self.raw_kernel}]", self.raw_stride)
 
@@ -278,7 +284,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip_norm: float = 1.0  # 0 disables clipping
     batch_size: int = 32
-    steps: int = 1200
+    steps: int = 2000
     log_every: int = 25
     eval_every: int = 100
     checkpoint_every: int = 100

@@ -33,7 +33,7 @@ from training.data import Dataset, EngineRenderer, factory_eval_presets, synth_o
 from training.features import make_feature_fn
 from training.heads import (HeadLayout, candidate_presets, hard_normalized, head_layout, note_features,
                             probabilities)
-from training.models import make_model
+from training.models import flow_method, make_model
 from training.state import network_outputs
 
 from training.methods import METHOD_NOTES, METHODS, PROXY_METHODS  # noqa: F401  (re-exported)
@@ -104,8 +104,32 @@ class Predictor:
 
     def candidates(self, outputs: dict[str, Any], k: int, seed: int = 0) -> np.ndarray:
         """``k`` candidate presets per sound [B, k, n_params] from :meth:`outputs`
-        (:func:`training.heads.candidate_presets`; candidate 0 is the one preset)."""
-        return candidate_presets(self.layout, outputs, k, np.random.default_rng([seed, 17]))
+        (:func:`training.heads.candidate_presets`; candidate 0 is the one preset). The flow head
+        draws its ``k - 1`` others here: the flow integrated from Gaussian noise, categoricals
+        sampled from the decoder's softmax for those continuous values."""
+        rng = np.random.default_rng([seed, 17])
+        if "flow_h" in outputs and k > 1:
+            outputs = {**outputs, **self._flow_draws(np.asarray(outputs["flow_h"]), k - 1, rng)}
+        return candidate_presets(self.layout, outputs, k, rng)
+
+    def _flow_draws(self, h: np.ndarray, draws: int, rng: np.random.Generator) -> dict[str, Any]:
+        y0 = rng.standard_normal((len(h), draws, self.layout.n_continuous)).astype(np.float32)
+        sample = _flow_sample_fn(self.cfg.model, self.layout)
+        bs = self.cfg.eval.batch_size
+        parts = []
+        for a in range(0, len(h), bs):
+            pad = bs - len(h[a:a + bs])  # one compiled shape
+            cont, logits = jax.device_get(sample(self.params, jnp.asarray(np.pad(h[a:a + bs], ((0, pad), (0, 0)))),
+                                                 jnp.asarray(np.pad(y0[a:a + bs], ((0, pad), (0, 0), (0, 0))))))
+            parts.append((np.asarray(cont)[:bs - pad], tuple(np.asarray(l)[:bs - pad] for l in logits)))
+        return {"flow_continuous": np.concatenate([p[0] for p in parts]),
+                "flow_logits": tuple(np.concatenate([p[1][j] for p in parts]) for j in range(len(parts[0][1])))}
+
+
+@functools.lru_cache(maxsize=16)
+def _flow_sample_fn(model_cfg: Any, layout: HeadLayout) -> Callable:
+    model = make_model(model_cfg, layout)
+    return jax.jit(lambda params, h, y0: model.apply({"params": params}, h, y0, method=flow_method("sample")))
 
 
 @functools.lru_cache(maxsize=16)

@@ -19,6 +19,13 @@ answers (``model.head``) add their distribution:
 * ``mixture``: ``"hyp_continuous"`` [B, K, n_continuous], ``"hyp_logits"`` (per categorical:
   [B, K, k]) and ``"hyp_score"`` [B, K]: K whole presets, trained winner-takes-all, and which
   of them the network believes in; its one preset is the best-scored hypothesis.
+* ``flow``: ``"flow_h"`` [B, H], the features that condition a distribution of whole presets
+  (``training.models.FlowHeads``): conditional flow matching (rectified flow) carries Gaussian
+  noise to the continuous parameters (mapped to [-1, 1]); a categorical decoder gives each
+  categorical's softmax from the features *and the continuous values drawn*, so choices follow the
+  continuous answer they belong to. Its one preset integrates the flow from the noise's mean (0)
+  with its categoricals' argmax; candidates integrate it from noise draws (:func:`flow_times`,
+  :func:`flow_pairs`).
 """
 
 from __future__ import annotations
@@ -97,7 +104,7 @@ def note_features(pitch: Any, velocity: Any, xp: Any = jnp) -> Any:
 
 
 # ------------------------------------------------------------------------- head kinds
-HEAD_KINDS = ("regression", "bins", "mixture")
+HEAD_KINDS = ("regression", "bins", "mixture", "flow")
 
 
 def bin_centers(n_bins: int, xp: Any = jnp) -> Any:
@@ -114,6 +121,8 @@ def head_width(layout: HeadLayout, head: str, bins: int, hypotheses: int) -> int
         return layout.n_continuous * bins + sum(layout.n_choices)
     if head == "mixture":
         return hypotheses * (per_preset + 1)
+    if head == "flow":
+        return 0  # no last dense layer: models.FlowHeads
     raise ValueError(f"model.head: expected one of {', '.join(HEAD_KINDS)}, got {head!r}")
 
 
@@ -156,6 +165,46 @@ def head_outputs(layout: HeadLayout, head: str, bins: int, hypotheses: int, out:
         return {"continuous": hyp_cont[rows, top], "logits": tuple(l[rows, top] for l in hyp_logits),
                 "hyp_continuous": hyp_cont, "hyp_logits": hyp_logits, "hyp_score": score}
     raise ValueError(f"model.head: expected one of {', '.join(HEAD_KINDS)}, got {head!r}")
+
+
+# ------------------------------------------------------------------------- the flow head
+#: draws of (noise, time) per training example in the flow-matching loss (less variance per step)
+FLOW_DRAWS = 4
+
+
+def to_flow_space(continuous: Any) -> Any:
+    """Normalized continuous values [0, 1] -> the flow's data space [-1, 1] (unit scale, like its noise)."""
+    return 2.0 * continuous - 1.0
+
+
+def from_flow_space(y: jax.Array) -> jax.Array:
+    """The flow's data space -> normalized continuous values, clipped into [0, 1]."""
+    return jnp.clip(0.5 * (y + 1.0), 0.0, 1.0)
+
+
+def flow_time_features(t: jax.Array) -> jax.Array:
+    """Time in [0, 1], any shape [...] -> features [..., 9]: t and four sine/cosine pairs."""
+    f = jnp.asarray([1.0, 2.0, 4.0, 8.0], jnp.float32) * jnp.pi
+    tf = t[..., None] * f
+    return jnp.concatenate([t[..., None], jnp.sin(tf), jnp.cos(tf)], axis=-1)
+
+
+def flow_pairs(target_continuous: jax.Array, key: jax.Array, draws: int = FLOW_DRAWS
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training points of rectified-flow matching for targets [B, n] in [0, 1]:
+    ``(y_t [B, D, n], t [B, D], u [B, D, n])``, ``y_t = (1 - t) y0 + t y1`` between noise
+    ``y0 ~ N(0, I)`` and the target ``y1`` (flow space), ``u = y1 - y0`` the velocity to learn."""
+    b, n = target_continuous.shape
+    k_noise, k_t = jax.random.split(key)
+    y0 = jax.random.normal(k_noise, (b, draws, n), jnp.float32)
+    t = jax.random.uniform(k_t, (b, draws), jnp.float32)
+    y1 = to_flow_space(target_continuous)[:, None, :]
+    return (1.0 - t[..., None]) * y0 + t[..., None] * y1, t, y1 - y0
+
+
+def flow_times(steps: int) -> np.ndarray:
+    """Start times [steps] of the Euler steps that integrate the flow from t = 0 to 1."""
+    return np.arange(steps, dtype=np.float32) / np.float32(steps)
 
 
 # ------------------------------------------------------------------------- presets -> targets
@@ -242,9 +291,12 @@ def candidate_presets(layout: HeadLayout, prediction: Mapping[str, Any], k: int,
     """``k`` candidate presets per target [B, k, n_params] (normalized, snapped) from a prediction
     (host arrays). Candidate 0 is always the network's one preset; the others represent its many
     answers: drawn from the bins (``bins``), the hypotheses in score order (``mixture``; beyond K,
-    Gaussian steps of ``sigma`` around them), or Gaussian steps of ``sigma`` around the one preset
+    Gaussian steps of ``sigma`` around them), the flow's own draws (``flow``: ``"flow_continuous"``
+    [B, >= k-1, n] and ``"flow_logits"`` per categorical [B, >= k-1, k_j], made by
+    ``evaluate_core.Predictor.candidates``), or Gaussian steps of ``sigma`` around the one preset
     (``regression``). Categoricals other than candidate 0's are drawn from their softmax (a
-    mixture hypothesis keeps its own most probable choice)."""
+    mixture hypothesis keeps its own most probable choice; a flow draw samples the decoder's softmax
+    for its own continuous values)."""
     spec = layout.spec
     cont0 = np.asarray(prediction["continuous"], np.float64)
     b = cont0.shape[0]
@@ -261,6 +313,11 @@ def candidate_presets(layout: HeadLayout, prediction: Mapping[str, Any], k: int,
             drawn = _sample_choices(rng, np.repeat(pb[:, None], k - 1, axis=1))  # [B, k-1, nc]
             jitter = (rng.random(drawn.shape) - 0.5) / (n_bins - 1)
             cont[:, 1:] = np.clip(np.asarray(bin_centers(n_bins, np))[drawn] + jitter, 0.0, 1.0)
+        elif "flow_continuous" in prediction:
+            cont[:, 1:] = np.clip(np.asarray(prediction["flow_continuous"], np.float64)[:, :k - 1], 0.0, 1.0)
+            if probs:
+                choice[:, 1:] = np.stack([_sample_choices(rng, _softmax(np.asarray(l)[:, :k - 1]))
+                                          for l in prediction["flow_logits"]], axis=-1)
         elif "hyp_score" in prediction:
             order = np.argsort(-np.asarray(prediction["hyp_score"]), axis=-1, kind="stable")  # [B, K]
             hyp_cont = np.asarray(prediction["hyp_continuous"], np.float64)

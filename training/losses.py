@@ -13,14 +13,14 @@ Every loss returns ``(loss, aux)`` with ``aux`` a dict of scalars, whatever the 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from training.config import LossConfig
-from training.heads import HeadLayout, Prediction, bin_centers, relaxed_inputs
+from training.heads import HeadLayout, Prediction, bin_centers, flow_pairs, relaxed_inputs
 
 #: ``render_fn(normalized [B, n_params], probs {name: [B, k]}, key) -> audio [B, C, T]``
 RenderFn = Callable[[jax.Array, dict[str, jax.Array], jax.Array], jax.Array]
@@ -50,8 +50,18 @@ def _mean_or(x: jax.Array, empty: float) -> jax.Array:
     return jnp.mean(x) if x.size else jnp.full((), empty)
 
 
+class FlowFns(NamedTuple):
+    """What the ``flow`` head's loss needs besides the prediction: its velocity field and
+    categorical decoder bound to the current weights (``models.FlowHeads.velocity`` / ``decode``
+    as functions of ``(h, ...)``), and the key of this step's noise and times."""
+
+    velocity: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    decode: Callable[[jax.Array, jax.Array], tuple[jax.Array, ...]]
+    key: jax.Array
+
+
 def param_loss(prediction: Prediction, targets: dict[str, jax.Array],
-               categorical_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+               categorical_weight: float, flow: FlowFns | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Parameter loss of ``prediction`` against ``targets`` (see ``heads.targets_from_normalized``),
     for each head kind (``training.heads``):
 
@@ -63,6 +73,11 @@ def param_loss(prediction: Prediction, targets: dict[str, jax.Array],
     * ``mixture``: each hypothesis's regression loss; the best one per example takes
       1 - :data:`MIXTURE_EPSILON` of the weight (winner-takes-all, relaxed so no hypothesis
       dies), and the score head learns which hypothesis won.
+    * ``flow`` (needs ``flow``): the flow-matching loss, the mean squared error between the
+      velocity field and ``y1 - y0`` at :data:`heads.FLOW_DRAWS` points per example on the
+      straight path from noise to the target (divided by 4: the flow space is twice the normalized
+      scale), plus the categorical term of the decoder given the *true* continuous values
+      (teacher forcing).
 
     Returns ``(loss, {"param_mse", "param_ce", "param_acc"})``, the metrics those of the one
     preset (``continuous``/``logits``), averaged over batch and parameters.
@@ -72,6 +87,14 @@ def param_loss(prediction: Prediction, targets: dict[str, jax.Array],
     ce_point, acc_point = _categorical_terms(tuple(prediction["logits"]), targets["choice"])
     ce, acc = _mean_or(ce_point, 0.0), _mean_or(acc_point, 1.0)
     aux = {"param_mse": mse, "param_ce": ce, "param_acc": acc}
+    if "flow_h" in prediction:
+        if flow is None:
+            raise ValueError("the flow head's parameter loss needs its velocity field and decoder (losses.FlowFns)")
+        h = prediction["flow_h"]
+        y_t, t, u = flow_pairs(target_cont, flow.key)
+        fm = _mean_or(jnp.square(flow.velocity(h, y_t, t) - u), 0.0) / 4.0
+        ce_forced, _ = _categorical_terms(flow.decode(h, target_cont), targets["choice"])
+        return fm + categorical_weight * _mean_or(ce_forced, 0.0), aux
     if "bins" in prediction:
         bin_logits = prediction["bins"]  # [B, n, n_bins]
         n_bins = bin_logits.shape[-1]
@@ -158,6 +181,9 @@ def spectral_loss(prediction: Prediction, target_audio: jax.Array, layout: HeadL
     rendered hard, with softmax gradients (``heads.relaxed_inputs``). ``spectral_params``: the
     parameters whose outputs get this loss's gradient (``("all",)``: every one); the rest are
     rendered at their predicted values without gradient. Returns ``(loss, {"spectral": loss})``."""
+    if not spectral_params:  # would silently stop every gradient of this loss
+        raise ValueError("spectral_params is empty: expected parameter names or ('all',) (a config's empty "
+                         "loss.spectral_params means the synth's default: resolve it with train.step_loss_config)")
     if spectral_params != ("all",):
         prediction = _stop_gradient_except(layout, prediction, spectral_params)
     if balance_strength is not None:

@@ -8,7 +8,7 @@
 All are told the note they hear (``note`` [B, 2]: :func:`training.heads.note_features` of the MIDI
 pitch and velocity), joined to the audio features before the last dense layer, and end in
 :class:`Heads`, whose sizes come from a :class:`training.heads.HeadLayout` and whose kind is
-``model.head`` (``training.heads``: one preset, ordinal bins, or a mixture of presets).
+``model.head`` (``training.heads``: one preset, ordinal bins, a mixture of presets, or a flow).
 There are no normalisation layers (per-example ones would hide loudness; batch statistics would
 be state), so a model is a pure function of its parameters; inputs are standardised instead.
 """
@@ -16,14 +16,15 @@ be state), so a model is a pure function of its parameters; inputs are standardi
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from training.config import ModelConfig
-from training.heads import HeadLayout, Prediction, head_outputs, head_width
+from training.heads import (HeadLayout, Prediction, _split_logits, flow_time_features, flow_times, from_flow_space,
+                            head_outputs, head_width)
 
 
 class Heads(nn.Module):
@@ -42,6 +43,63 @@ class Heads(nn.Module):
         out = nn.Dense(n_out, name="out", kernel_init=nn.initializers.lecun_normal(),
                        bias_init=nn.initializers.zeros)(h)
         return head_outputs(self.layout, self.head, self.bins, self.hypotheses, out)
+
+
+class FlowHeads(nn.Module):
+    """Hidden features [B, H] -> a distribution of whole presets (``model.head = "flow"``).
+
+    * ``velocity(h, y, t)``: the velocity field [..., n_continuous] of a conditional rectified flow
+      at points ``y`` [..., n] (flow space, ``heads.to_flow_space``) and times ``t`` [...]; ``h``
+      broadcasts over the leading draw axes ([B, H] against [B, D, n]).
+    * ``decode(h, continuous)``: the categorical logits (tuple of [..., k]) given the continuous
+      values [..., n] in [0, 1] (teacher-forced with the true values in training).
+    * ``sample(h, y0)``: Euler integration of the flow from noise ``y0`` [B, D, n] over
+      ``steps`` steps -> continuous [B, D, n] in [0, 1], and their decoded logits.
+    * ``__call__(h)``: the one preset (the flow from y0 = 0, decoded) and ``"flow_h"``.
+    """
+
+    layout: HeadLayout
+    hidden: int = 256
+    steps: int = 16
+
+    def setup(self) -> None:
+        n = self.layout.n_continuous
+        init = nn.initializers.lecun_normal()
+        self.v_in = nn.Dense(self.hidden, kernel_init=init)
+        self.v_mid = nn.Dense(self.hidden, kernel_init=init)
+        # zero-initialised: the untrained flow is the identity map of its noise
+        self.v_out = nn.Dense(n, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+        self.c_in = nn.Dense(self.hidden, kernel_init=init)
+        self.c_out = nn.Dense(max(sum(self.layout.n_choices), 1), kernel_init=init, bias_init=nn.initializers.zeros)
+
+    def velocity(self, h: jax.Array, y: jax.Array, t: jax.Array) -> jax.Array:
+        hb = jnp.broadcast_to(h.reshape(h.shape[:1] + (1,) * (y.ndim - 2) + h.shape[1:]), y.shape[:-1] + h.shape[-1:])
+        x = jnp.concatenate([y, flow_time_features(t), hb], axis=-1)
+        x = nn.silu(self.v_in(x))
+        x = nn.silu(self.v_mid(x))
+        return self.v_out(x)
+
+    def decode(self, h: jax.Array, continuous: jax.Array) -> tuple[jax.Array, ...]:
+        hb = jnp.broadcast_to(h.reshape(h.shape[:1] + (1,) * (continuous.ndim - 2) + h.shape[1:]),
+                              continuous.shape[:-1] + h.shape[-1:])
+        x = nn.silu(self.c_in(jnp.concatenate([continuous, hb], axis=-1)))
+        return _split_logits(self.c_out(x), self.layout.n_choices)
+
+    def sample(self, h: jax.Array, y0: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        y, dt = y0, 1.0 / self.steps
+        for t0 in flow_times(self.steps):  # unrolled: a few small dense layers per step
+            y = y + dt * self.velocity(h, y, jnp.full(y.shape[:-1], t0, jnp.float32))
+        continuous = from_flow_space(y)
+        return continuous, self.decode(h, continuous)
+
+    def __call__(self, h: jax.Array) -> Prediction:
+        cont, logits = self.sample(h, jnp.zeros((h.shape[0], 1, self.layout.n_continuous), h.dtype))
+        return {"continuous": cont[:, 0], "logits": tuple(l[:, 0] for l in logits), "flow_h": h}
+
+
+def flow_method(name: str) -> Callable:
+    """``method=`` for ``model.apply`` that calls ``FlowHeads.<name>`` of any encoder here."""
+    return lambda module, *args: getattr(module.heads, name)(*args)
 
 
 class ConvBlock2D(nn.Module):
@@ -79,7 +137,7 @@ class MelCNN(nn.Module):
 
     channels: Sequence[int]
     hidden: int
-    heads: Heads
+    heads: nn.Module  # Heads or FlowHeads
 
     @nn.compact
     def __call__(self, features: jax.Array, note: jax.Array) -> Prediction:
@@ -93,7 +151,7 @@ class MfccLSTM(nn.Module):
     lstm_hidden: int
     lstm_layers: int
     hidden: int
-    heads: Heads
+    heads: nn.Module  # Heads or FlowHeads
 
     @nn.compact
     def __call__(self, features: jax.Array, note: jax.Array) -> Prediction:
@@ -112,7 +170,7 @@ class RawCNN(nn.Module):
     raw_stride: int
     channels: Sequence[int]
     hidden: int
-    heads: Heads
+    heads: nn.Module  # Heads or FlowHeads
 
     @nn.compact
     def __call__(self, audio: jax.Array, note: jax.Array) -> Prediction:
@@ -127,7 +185,8 @@ class RawCNN(nn.Module):
 @functools.lru_cache(maxsize=16)
 def make_model(cfg: ModelConfig, layout: HeadLayout) -> nn.Module:
     """The encoder named by ``model.kind``, with the heads named by ``model.head``."""
-    heads = Heads(layout, cfg.head, cfg.bins, cfg.hypotheses)
+    heads = FlowHeads(layout, cfg.flow_hidden, cfg.flow_steps) if cfg.head == "flow" else \
+        Heads(layout, cfg.head, cfg.bins, cfg.hypotheses)
     if cfg.kind == "cnn":
         return MelCNN(cfg.channels, cfg.hidden, heads)
     if cfg.kind == "lstm":

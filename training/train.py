@@ -41,7 +41,8 @@ from training.config import Config, ConfigError, LossConfig
 from training.data import Dataset, EngineRenderer, build_dataset, iterate_batches, synth_of
 from training.features import make_feature_fn
 from training.heads import HeadLayout, hard_normalized, head_layout, note_features, targets_from_normalized
-from training.losses import param_loss, schedule_weights, spectral_loss
+from training.losses import FlowFns, param_loss, schedule_weights, spectral_loss
+from training.models import flow_method
 from training.proxy_loss import make_distance_fn, make_proxy_render
 from training.state import (CheckpointError, Checkpoints, TrainState, batch_sharded, create_train_state, make_mesh,
                             make_optimizer, network_outputs, replicate, replicated, shard_batch)
@@ -69,7 +70,8 @@ def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights
     the first ``loss.spectral_batch_size`` sounds of the batch (all when 0)."""
     prediction = predict(state, params, feature_fn, batch)
     targets = targets_from_normalized(layout, batch["normalized"])
-    lp, aux = param_loss(prediction, targets, loss_cfg.categorical_weight)
+    lp, aux = param_loss(prediction, targets, loss_cfg.categorical_weight,
+                         _flow_fns(state, params, prediction, jax.random.fold_in(key, 1)))
     loss = weights[0] * lp
     if render_fn is not None:
         k = min(loss_cfg.spectral_batch_size or batch["audio"].shape[0], batch["audio"].shape[0])
@@ -85,6 +87,15 @@ def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights
     else:
         aux = {**aux, "spectral": jnp.full((), jnp.nan)}
     return loss, {**aux, "param_loss": lp}
+
+
+def _flow_fns(state: TrainState, params: Any, prediction: dict[str, Any], key: jax.Array) -> FlowFns | None:
+    """The flow head's velocity field and decoder bound to ``params`` (None for other heads)."""
+    if "flow_h" not in prediction:
+        return None
+    bound = functools.partial(state.apply_fn, {"params": params})
+    return FlowFns(velocity=lambda *a: bound(*a, method=flow_method("velocity")),
+                   decode=lambda *a: bound(*a, method=flow_method("decode")), key=key)
 
 
 def _render_at(render_fn: Callable, pitch: jax.Array, velocity: jax.Array, normalized: jax.Array, probs: Any,
@@ -106,8 +117,16 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_cfg: LossC
               feature_fn: Callable) -> tuple[dict[str, jax.Array], jax.Array]:
     """Parameter-loss metrics of a validation batch and the hard presets [B, n_params] predicted."""
     prediction = predict(state, state.params, feature_fn, batch)
-    lp, aux = param_loss(prediction, targets_from_normalized(layout, batch["normalized"]), loss_cfg.categorical_weight)
+    lp, aux = param_loss(prediction, targets_from_normalized(layout, batch["normalized"]), loss_cfg.categorical_weight,
+                         _flow_fns(state, state.params, prediction, jax.random.key(0)))
     return {**aux, "param_loss": lp}, hard_normalized(layout, prediction)
+
+
+def step_loss_config(cfg: Config) -> LossConfig:
+    """The loss settings a train step runs with: ``loss.spectral_params`` resolved to the synth's
+    default when the config leaves it empty (an empty tuple inside the step would stop every
+    gradient of the spectral loss)."""
+    return dataclasses.replace(cfg.loss, spectral_params=cfg.spectral_params)
 
 
 @functools.lru_cache(maxsize=16)
@@ -167,7 +186,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     needs_spectral = any(schedule_weights(s, cfg.loss)[1] > 0 for s in (cfg.optim.steps - 1, start_step))
     render_fn = make_proxy_render(cfg.data) if needs_spectral else None
     distance_fn = make_distance_fn(cfg.loss) if needs_spectral else None
-    loss_cfg = dataclasses.replace(cfg.loss, spectral_params=cfg.spectral_params)  # the synth's default resolved
+    loss_cfg = step_loss_config(cfg)
     step_param, step_full, eval_fn = compiled_steps(loss_cfg, layout, feature_fn, render_fn, distance_fn, mesh)
     _, lr_schedule = make_optimizer(cfg.optim)
     base_key = jax.random.key(cfg.run.seed + 1)
