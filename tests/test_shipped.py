@@ -5,7 +5,6 @@ models match a sound with no trained run, from another working directory."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,15 +75,22 @@ def test_shipped_amsynth_matches_a_sound_from_any_directory(tmp_path):
     target = tmp_path / "sound.wav"
     factory_target(target)
     out = tmp_path / "out" / "patch.amSynth"
+    match_from_elsewhere(tmp_path, "amsynth", target, out)
+    assert out.is_file() and out.with_suffix(".fxp").is_file()
+
+
+def match_from_elsewhere(tmp_path: Path, synth: str, target: Path, out: Path) -> dict:
+    """``training.match TARGET --synth SYNTH --out OUT --quality fast`` run from another working
+    directory; returns its report after checking it names the shipped model and a finite distance."""
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    r = subprocess.run([sys.executable, "-m", "training.match", str(target), "--synth", "amsynth", "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "training.match", str(target), "--synth", synth, "--out", str(out),
                         "--quality", "fast"], cwd=elsewhere, capture_output=True, text=True, timeout=600,
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["model"] == "shipped:amsynth" and np.isfinite(report["final"]["metrics"]["mss"])
-    assert out.is_file() and out.with_suffix(".fxp").is_file()
+    assert report["model"] == f"shipped:{synth}" and np.isfinite(report["final"]["metrics"]["mss"])
+    return report
 
 
 def dexed_target(path: Path, sample_rate: int = 16000, duration_s: float = 1.0) -> str:
@@ -122,14 +128,7 @@ def test_shipped_dexed_matches_a_voice_from_any_directory(tmp_path):
     target = tmp_path / "voice.wav"
     dexed_target(target)
     out = tmp_path / "out" / "patch.syx"
-    elsewhere = tmp_path / "cwd"
-    elsewhere.mkdir()
-    r = subprocess.run([sys.executable, "-m", "training.match", str(target), "--synth", "dexed", "--out", str(out),
-                        "--quality", "fast"], cwd=elsewhere, capture_output=True, text=True, timeout=600,
-                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(out.with_suffix(".json").read_text())
-    assert report["model"] == "shipped:dexed" and np.isfinite(report["final"]["metrics"]["mss"])
+    report = match_from_elsewhere(tmp_path, "dexed", target, out)
     assert report["final"]["metrics"]["mss"] < 2.5  # a human voice the model never saw; the mean preset is ~4.6
     name, normalized = read_preset(out, index=0)  # the written bank loads; its first voice is the match
     assert np.asarray(normalized).shape == (DEXED.n_params,)

@@ -64,6 +64,8 @@ def test_unknown_section(tmp_path):
     ("eval.n_random=100000", r"eval\.n_random.*data\.n_test"),
     ("data.frozen={ nonsense = 0.5 }", r"data\.frozen\.nonsense.*no parameter"),
     ("data.factory_prior_weight=1.5", r"data\.factory_prior_weight.*\[0, 1\]"),
+    ("model.head=diffusion", r"model\.head.*'regression', 'bins', 'mixture', 'flow'"),
+    ("model.flow_steps=0", r"model\.flow_steps: expected an integer in \[1, 256\], got 0"),
 ])
 def test_bad_values_fail_before_any_work(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
