@@ -7,6 +7,7 @@ import pytest
 
 import training.corpus as corpus_mod
 from proxies.notes import Note
+from tests.test_data import fail_second_render
 from training.corpus import best_in_corpus_by_mss, corpus_renders, nearest_in_corpus
 
 SR, DUR, HOLD = 16000, 1.0, 0.5
@@ -103,16 +104,7 @@ def test_a_killed_run_keeps_its_finished_parts(tmp_path, monkeypatch):
 
 
 def test_failed_renders_are_dropped_and_named(tmp_path, monkeypatch):
-    import proxies.host as host
-
-    real = host.RenderPool.render_batch
-
-    def flaky(self, normalized, *a, **k):
-        audio, failures = real(self, normalized, *a, **k)
-        audio[1] = np.nan
-        return audio, [*failures, host.RenderFailure(index=1, reason="injected", attempts=2)]
-
-    monkeypatch.setattr(host.RenderPool, "render_batch", flaky)
+    fail_second_render(monkeypatch)
     logs: list[str] = []
     c = render_subset(tmp_path, limit=5, logs=logs)
     from proxies.synth import get_synth
@@ -121,6 +113,6 @@ def test_failed_renders_are_dropped_and_named(tmp_path, monkeypatch):
     assert c.failed == [names[1]] and names[1] not in c.names and c.index.tolist() == [0, 2, 3, 4]
     assert any("failed to render and are dropped" in m and names[1] in m for m in logs)
     assert np.all(np.isfinite(c.audio.astype(np.float32)))
-    monkeypatch.setattr(host.RenderPool, "render_batch", real)
+    monkeypatch.undo()
     no_engine(monkeypatch)
     assert render_subset(tmp_path, limit=5).failed == [names[1]]  # kept with its failure, not re-rendered

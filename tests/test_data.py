@@ -27,6 +27,21 @@ def tiny(cache: Path, *extra: str):
                               "features.n_fft=512", "features.hop=128", "loss.fft_sizes=[128, 512]", *extra])
 
 
+def fail_second_render(monkeypatch) -> None:
+    """Make every batch the render pool renders lose its second preset (NaN audio and a
+    ``RenderFailure``), as a plugin that crashes on one preset would; undo with monkeypatch.undo()."""
+    import proxies.host as host
+
+    real = host.RenderPool.render_batch
+
+    def flaky(self, normalized, *a, **k):
+        audio, failures = real(self, normalized, *a, **k)
+        audio[1] = np.nan
+        return audio, [*failures, host.RenderFailure(index=1, reason="injected", attempts=2)]
+
+    monkeypatch.setattr(host.RenderPool, "render_batch", flaky)
+
+
 def quiet(*_a, **_k):
     pass
 
@@ -164,16 +179,7 @@ def test_kill_during_generation_then_resume(tmp_path, amsynth_path):
 
 @pytest.mark.plugin
 def test_failed_renders_are_dropped_and_reported(tmp_path, amsynth_path, monkeypatch):
-    import proxies.host as host
-
-    real = host.RenderPool.render_batch
-
-    def flaky(self, normalized, *a, **k):
-        audio, failures = real(self, normalized, *a, **k)
-        audio[1] = np.nan
-        return audio, [*failures, host.RenderFailure(index=1, reason="injected", attempts=2)]
-
-    monkeypatch.setattr(host.RenderPool, "render_batch", flaky)
+    fail_second_render(monkeypatch)
     logs: list[str] = []
     ds = build_dataset(tiny(tmp_path).data, progress=False, log=logs.append)
     assert any("failed to render and are dropped" in m for m in logs)

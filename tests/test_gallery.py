@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 import urllib.parse
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.chromium import PROBE, run_chromium
 from training import gallery, report
 from training.cli import MatchError
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SR = 8000
 SUFFIX = ".amSynth"
 ODD = 'a<b>&"c.wav'  # a name every page must escape and every link must quote
@@ -235,38 +232,13 @@ def test_gallery_page_links_escapes_and_summarises(folder):
     assert sf.info(io.BytesIO(base64.b64decode(embedded[0].split(",", 1)[1]))).subtype == "PCM_16"
 
 
-def _chromium(args, tmp_path) -> subprocess.CompletedProcess:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-           "--virtual-time-budget=5000"] + args
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r
-
-
-# after load, each image records its decoded width and each audio element its decoded duration
-_PROBE = """<script>
-window.addEventListener('load', () => {
-  document.querySelectorAll('img').forEach(i => i.setAttribute('data-natural-width', i.naturalWidth));
-  document.querySelectorAll('audio').forEach(a => {
-    a.addEventListener('loadedmetadata', () => a.setAttribute('data-duration', a.duration));
-    a.addEventListener('error', () => a.setAttribute('data-error', a.error ? a.error.code : 'x'));
-    a.preload = 'metadata'; a.load();
-  });
-});
-</script>"""
-
-
 def test_gallery_in_headless_chromium(folder, tmp_path):
     d, out, items = _done_folder(folder)
     page = gallery.write_gallery(out, items, "Folder match", "amsynth", in_dir=d)
     probe = out / "probe.html"  # beside the page, so the same relative links
-    probe.write_text(page.read_text().replace("<img loading='lazy'", "<img").replace("</body>", _PROBE + "</body>"))
+    probe.write_text(page.read_text().replace("<img loading='lazy'", "<img").replace("</body>", PROBE + "</body>"))
     p = _Page()
-    p.feed(_chromium(["--dump-dom", probe.resolve().as_uri()], tmp_path).stdout)
+    p.feed(run_chromium(["--dump-dom", probe.resolve().as_uri()], tmp_path).stdout)
     assert len(p.imgs) == 3 and all(int(i.get("data-natural-width", 0)) > 100 for i in p.imgs), p.imgs
     durations = [float(a.get("data-duration", "nan")) for a in p.audios]
     assert not [a for a in p.audios if "data-error" in a], "the browser could not load an audio file"
@@ -274,7 +246,7 @@ def test_gallery_in_headless_chromium(folder, tmp_path):
     assert durations == pytest.approx([0.4, 0.5, 0.3, 0.5, 10.0, 0.5, 0.3, 0.3], abs=0.01)
 
     shot = tmp_path / "gallery.png"
-    _chromium([f"--screenshot={shot}", "--window-size=1400,1100", page.resolve().as_uri()], tmp_path)
+    run_chromium([f"--screenshot={shot}", "--window-size=1400,1100", page.resolve().as_uri()], tmp_path)
     from PIL import Image
 
     img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)

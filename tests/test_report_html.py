@@ -4,17 +4,14 @@ players are in the DOM the browser builds, the PNGs decode and the wavs load."""
 from __future__ import annotations
 
 import base64
-import shutil
-import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.chromium import PROBE, run_chromium
 from training import report
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SR = 8000
 
 
@@ -90,42 +87,16 @@ class _Dom(HTMLParser):
             self._cell.append(data)
 
 
-# A probe appended to a copy of the report: after load, each image records its decoded width and
-# each audio element its decoded duration, so the dumped DOM says whether the browser could use them.
-_PROBE = """<script>
-window.addEventListener('load', () => {
-  document.querySelectorAll('img').forEach(i => i.setAttribute('data-natural-width', i.naturalWidth));
-  document.querySelectorAll('audio').forEach(a => {
-    a.addEventListener('loadedmetadata', () => a.setAttribute('data-duration', a.duration));
-    a.addEventListener('error', () => a.setAttribute('data-error', a.error ? a.error.code : 'x'));
-    a.preload = 'metadata'; a.load();
-  });
-});
-</script>"""
-
-
-def _dump_dom(path: Path, tmp_path: Path) -> str:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-           "--virtual-time-budget=5000", "--dump-dom", path.resolve().as_uri()]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
-
-
 def test_html_report_in_headless_chromium(tmp_path):
     result, examples = _result(), _examples()
     page = report.write_html(result, tmp_path / "report.html", examples, audio_examples=2)
     text = page.read_text()
     assert "http://" not in text and "https://" not in text, "the report must be self-contained"
     probe = tmp_path / "probe.html"
-    probe.write_text(text.replace("</body>", _PROBE + "</body>"))
+    probe.write_text(text.replace("</body>", PROBE + "</body>"))
 
     dom = _Dom()
-    dom.feed(_dump_dom(probe, tmp_path))
+    dom.feed(run_chromium(["--dump-dom", probe.resolve().as_uri()], tmp_path).stdout)
 
     methods = dom.tables["methods"]
     assert methods[0][0] == "method" and "MSS" in methods[0] and "wall time / target" in methods[0]
