@@ -76,18 +76,10 @@ class Predictor:
         velocity = np.broadcast_to(np.asarray(self.cfg.data.velocity if velocity is None else velocity, np.float32),
                                    (n,))
         note = np.asarray(note_features(pitch, velocity, np), np.float32)
-        bs = self.cfg.eval.batch_size
-        parts = []
-        for a in range(0, n, bs):
-            chunk = audio[a:a + bs]
-            pad = bs - len(chunk)
-            out = self._apply(self.params, self.feature_mean, self.feature_std,
-                              jnp.asarray(np.pad(chunk, ((0, pad), (0, 0), (0, 0)))),  # one compiled shape
-                              jnp.asarray(np.pad(note[a:a + bs], ((0, pad), (0, 0)))))
-            parts.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], jax.device_get(out)))
-        if not parts:
+        if not n:
             raise ValueError("expected at least one sound to predict, got none")
-        return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+        return _in_padded_batches(lambda a, nf: self._apply(self.params, self.feature_mean, self.feature_std, a, nf),
+                                  self.cfg.eval.batch_size, audio, note)
 
     def predict(self, audio: np.ndarray, pitch: Any = None, velocity: Any = None
                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
@@ -115,15 +107,20 @@ class Predictor:
     def _flow_draws(self, h: np.ndarray, draws: int, rng: np.random.Generator) -> dict[str, Any]:
         y0 = rng.standard_normal((len(h), draws, self.layout.n_continuous)).astype(np.float32)
         sample = _flow_sample_fn(self.cfg.model, self.layout)
-        bs = self.cfg.eval.batch_size
-        parts = []
-        for a in range(0, len(h), bs):
-            pad = bs - len(h[a:a + bs])  # one compiled shape
-            cont, logits = jax.device_get(sample(self.params, jnp.asarray(np.pad(h[a:a + bs], ((0, pad), (0, 0)))),
-                                                 jnp.asarray(np.pad(y0[a:a + bs], ((0, pad), (0, 0), (0, 0))))))
-            parts.append((np.asarray(cont)[:bs - pad], tuple(np.asarray(l)[:bs - pad] for l in logits)))
-        return {"flow_continuous": np.concatenate([p[0] for p in parts]),
-                "flow_logits": tuple(np.concatenate([p[1][j] for p in parts]) for j in range(len(parts[0][1])))}
+        cont, logits = _in_padded_batches(lambda h_, y0_: sample(self.params, h_, y0_), self.cfg.eval.batch_size, h, y0)
+        return {"flow_continuous": cont, "flow_logits": logits}
+
+
+def _in_padded_batches(fn: Callable, batch_size: int, *arrays: np.ndarray) -> Any:
+    """``fn(*arrays)`` evaluated ``batch_size`` rows at a time, the last batch zero-padded (one
+    compiled shape), its outputs (any tree of [rows, ...] arrays) cut back and joined on host."""
+    n, parts = len(arrays[0]), []
+    for a in range(0, n, batch_size):
+        rows = min(batch_size, n - a)
+        padded = [jnp.asarray(np.pad(x[a:a + batch_size], [(0, batch_size - rows)] + [(0, 0)] * (x.ndim - 1)))
+                  for x in arrays]
+        parts.append(jax.tree.map(lambda y: np.asarray(y)[:rows], jax.device_get(fn(*padded))))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
 @functools.lru_cache(maxsize=16)

@@ -104,7 +104,9 @@ def note_features(pitch: Any, velocity: Any, xp: Any = jnp) -> Any:
 
 
 # ------------------------------------------------------------------------- head kinds
-HEAD_KINDS = ("regression", "bins", "mixture", "flow")
+#: the kinds whose outputs come from one last dense layer (``models.Heads``); ``flow`` has its own
+#: module (``models.FlowHeads``)
+HEAD_KINDS = ("regression", "bins", "mixture")
 
 
 def bin_centers(n_bins: int, xp: Any = jnp) -> Any:
@@ -121,8 +123,6 @@ def head_width(layout: HeadLayout, head: str, bins: int, hypotheses: int) -> int
         return layout.n_continuous * bins + sum(layout.n_choices)
     if head == "mixture":
         return hypotheses * (per_preset + 1)
-    if head == "flow":
-        return 0  # no last dense layer: models.FlowHeads
     raise ValueError(f"model.head: expected one of {', '.join(HEAD_KINDS)}, got {head!r}")
 
 

@@ -73,16 +73,13 @@ class FlowHeads(nn.Module):
         self.c_out = nn.Dense(max(sum(self.layout.n_choices), 1), kernel_init=init, bias_init=nn.initializers.zeros)
 
     def velocity(self, h: jax.Array, y: jax.Array, t: jax.Array) -> jax.Array:
-        hb = jnp.broadcast_to(h.reshape(h.shape[:1] + (1,) * (y.ndim - 2) + h.shape[1:]), y.shape[:-1] + h.shape[-1:])
-        x = jnp.concatenate([y, flow_time_features(t), hb], axis=-1)
+        x = jnp.concatenate([y, flow_time_features(t), _per_draw(h, y)], axis=-1)
         x = nn.silu(self.v_in(x))
         x = nn.silu(self.v_mid(x))
         return self.v_out(x)
 
     def decode(self, h: jax.Array, continuous: jax.Array) -> tuple[jax.Array, ...]:
-        hb = jnp.broadcast_to(h.reshape(h.shape[:1] + (1,) * (continuous.ndim - 2) + h.shape[1:]),
-                              continuous.shape[:-1] + h.shape[-1:])
-        x = nn.silu(self.c_in(jnp.concatenate([continuous, hb], axis=-1)))
+        x = nn.silu(self.c_in(jnp.concatenate([continuous, _per_draw(h, continuous)], axis=-1)))
         return _split_logits(self.c_out(x), self.layout.n_choices)
 
     def sample(self, h: jax.Array, y0: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
@@ -95,6 +92,11 @@ class FlowHeads(nn.Module):
     def __call__(self, h: jax.Array) -> Prediction:
         cont, logits = self.sample(h, jnp.zeros((h.shape[0], 1, self.layout.n_continuous), h.dtype))
         return {"continuous": cont[:, 0], "logits": tuple(l[:, 0] for l in logits), "flow_h": h}
+
+
+def _per_draw(h: jax.Array, like: jax.Array) -> jax.Array:
+    """Features [B, H] repeated over the draw axes of ``like`` [B, ..., n] -> [B, ..., H]."""
+    return jnp.broadcast_to(h.reshape(h.shape[:1] + (1,) * (like.ndim - 2) + h.shape[1:]), like.shape[:-1] + h.shape[-1:])
 
 
 def flow_method(name: str) -> Callable:
