@@ -110,3 +110,24 @@ def test_envelope_of_a_steady_low_tone_is_flat():
     db = 20 * np.log10(amp[10:-10] / amp.max())
     assert dt == pytest.approx(0.01, abs=1e-4)
     assert db.max() - db.min() < 0.2  # Hann-weighted RMS: no ripple from the partial periods in a window
+
+
+def test_whole_target_counts_the_note_off_from_where_the_sound_starts(tmp_path):
+    """A slow (quartic) attack: the matched audio starts where the sound rises above -60 dB, the
+    envelope's onset is later (-40 dB); the note-off and the judged length count from the former."""
+    import soundfile as sf
+
+    from training.config import DataConfig
+    from training.targets import prepare_whole_target
+
+    sr, attack_s, off_s, release_s = 16000, 0.8, 1.5, 0.1
+    t = np.arange(int(2.2 * sr)) / sr
+    env = np.where(t < attack_s, (t / attack_s) ** 4, 1.0)
+    env = np.where(t >= off_s, np.clip(1.0 - (t - off_s) / release_s, 0.0, 1.0), env)
+    silence = np.zeros(int(0.1 * sr))
+    sf.write(tmp_path / "pad.wav", np.concatenate([silence, 0.5 * env * np.sin(2 * np.pi * 220.0 * t)]), sr,
+             subtype="FLOAT")
+    heard_from = attack_s * 1e-3 ** 0.25  # the sound starts at -60 dB re its peak
+    tg = prepare_whole_target(tmp_path / "pad.wav", DataConfig(), 57, None, lambda m: None)
+    assert tg.hold_s == pytest.approx(off_s - heard_from, abs=0.03), tg.hold_s  # 1.36 s (onset-based: 1.25 s)
+    assert tg.duration_s >= off_s + release_s - heard_from

@@ -291,8 +291,8 @@ def prepare_whole_target(path: str | os.PathLike, data: Any, note: int | str = "
     rate = int(min(max(sr, JUDGE_RATES[0]), JUDGE_RATES[1]))
     whole = condition_audio(raw, sr, rate, raw.shape[1] * rate // sr + 1, lambda m: None if "padded" in m else tell(m),
                             channels)
-    est = estimate_hold(whole, rate)
-    end_s = min(float(est.sound_end_s) + 0.05, whole.shape[1] / rate)
+    est = estimate_hold(whole, rate)  # its times count from its own onset (-40 dB), est.onset_s into `whole`
+    end_s = min(float(est.onset_s + est.sound_end_s) + 0.05, whole.shape[1] / rate)
     if end_s > max_s:
         tell(f"the sound lasts {end_s:.2f} s: its first {max_s:g} s are matched (the cap; pass a shorter file to "
              "choose the part)")
@@ -308,7 +308,7 @@ def prepare_whole_target(path: str | os.PathLike, data: Any, note: int | str = "
             raise _err("--hold", f"seconds in (0, {duration:g}) (the judged length of this sound)", hold,
                        "give the time the note was released, or leave --hold out to estimate it")
     else:
-        hold_s, hold_source = float(est.hold_s), est.how
+        hold_s, hold_source = float(est.onset_s + est.hold_s), est.how
         tell(f"note length {hold_s:.2f} s ({est.message}); pass --hold SECONDS to set it")
     hold_s = min(max(HOLD_STEP_S, round(hold_s / HOLD_STEP_S) * HOLD_STEP_S), duration - HOLD_STEP_S)
     tell(f"judging the whole sound: {duration:g} s at {rate} Hz, note released at {hold_s:.2f} s")
