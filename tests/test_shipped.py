@@ -43,7 +43,7 @@ def test_export_then_load_gives_the_same_predictions(tiny_run, tmp_path):
 
 
 @pytest.mark.plugin
-def test_damaged_or_missing_shipped_models_are_refused(tiny_run, tmp_path):
+def test_damaged_or_missing_shipped_models_are_refused(tiny_run, tmp_path, monkeypatch, capsys):
     from training import shipped
 
     folder = shipped.export(tiny_run, tmp_path)
@@ -58,6 +58,16 @@ def test_damaged_or_missing_shipped_models_are_refused(tiny_run, tmp_path):
     (folder / shipped.WEIGHTS).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(shipped.ShippedModelError, match=r"cannot be read.*Fix: restore"):
         shipped.load("amsynth", tmp_path)
+    # through the command line: one error line with the fix, exit status 2, nothing written
+    from tests.test_match import factory_target
+    from training import match
+
+    factory_target(tmp_path / "t.wav")
+    out = tmp_path / "out" / "p.amSynth"
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)
+    assert match.main([str(tmp_path / "t.wav"), "--synth", "amsynth", "--out", str(out), "--quality", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "Fix: restore" in err and "Traceback" not in err and not out.exists()
     (folder / shipped.MANIFEST).write_text("{not json")
     with pytest.raises(shipped.ShippedModelError, match=r"manifest.json is damaged"):
         shipped.read_manifest("amsynth", tmp_path)

@@ -139,6 +139,18 @@ def _predict_fn(model_cfg: Any, layout: HeadLayout, feature_fn: Callable) -> Cal
     return jax.jit(apply)
 
 
+def model_parts(cfg: Config) -> tuple[HeadLayout, Callable, Any, tuple[jax.Array, jax.Array]]:
+    """What a trained model of ``cfg`` is rebuilt from: its head layout, feature function, Flax
+    module, and an example input (features [1, ...] of silence, note [1, 2]) to make its parameter
+    tree with (``model.init``, or ``jax.eval_shape`` of it)."""
+    synth = synth_of(cfg.data)
+    layout = head_layout(synth.spec, cfg.data.frozen)
+    feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
+    example = feature_fn(jnp.zeros((1, synth.channels, cfg.data.n_samples), jnp.float32))
+    note = jnp.asarray(note_features(np.full(1, cfg.data.note), np.full(1, cfg.data.velocity), np))
+    return layout, feature_fn, make_model(cfg.model, layout), (example, note)
+
+
 def load_predictor(run_dir: str | Path, which: str = "best") -> Predictor:
     """The :class:`Predictor` of a finished (or running) run: ``which`` = ``best`` or ``latest``."""
     from training.state import Checkpoints, TrainState, make_optimizer
@@ -151,13 +163,9 @@ def load_predictor(run_dir: str | Path, which: str = "best") -> Predictor:
         raise FileNotFoundError(f"{cfg_path} not found; expected a run directory written by "
                                 "`python -m training.fit` (runs/<name>/)")
     cfg = from_dict(json.loads(cfg_path.read_text()))
-    synth = synth_of(cfg.data)
-    layout = head_layout(synth.spec, cfg.data.frozen)
-    feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
-    model = make_model(cfg.model, layout)
-    example = feature_fn(jnp.zeros((1, synth.channels, cfg.data.n_samples), jnp.float32))
-    stats_shape = example.shape[-1:] if cfg.features.kind != "raw" else ()
-    params = model.init(jax.random.key(0), example, jnp.zeros((1, 2)))["params"]
+    layout, feature_fn, model, example = model_parts(cfg)
+    stats_shape = example[0].shape[-1:] if cfg.features.kind != "raw" else ()
+    params = model.init(jax.random.key(0), *example)["params"]
     tx, _ = make_optimizer(cfg.optim)
     template = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                                  feature_mean=jnp.zeros(stats_shape), feature_std=jnp.ones(stats_shape))

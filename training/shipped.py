@@ -11,7 +11,7 @@ A shipped model is a folder ``training/shipped/<synth>/``:
 Only the parameters are kept (no optimiser state), so the folder stays small; ``manifest.json``'s
 ``weights_sha256`` (over the arrays' names, shapes and bytes) is checked on every load, so a damaged
 or edited file is refused with the fix named. ``training.match SOUND --synth NAME`` loads it with
-no trained run; ``training.evaluate --synth NAME`` scores it.
+no trained run; its evaluation (the run's, through the real engine) is in the manifest.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from training.cli import MatchError
+
 #: where shipped models live (inside the package: found from any working directory)
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 WEIGHTS, CONFIG, MANIFEST = "weights.npz", "config.json", "manifest.json"
 
 
-class ShippedModelError(ValueError):
+class ShippedModelError(MatchError):
     """No shipped model for a synth, or a damaged one; the message names the fix."""
 
 
@@ -82,8 +84,11 @@ def _unflatten(arrays: dict[str, np.ndarray], template: Any, prefix: str = "para
 
 def export(run_dir: str | Path, out_root: Path | None = None, made_by: str = "", extra: dict | None = None) -> Path:
     """Write the best checkpoint of ``run_dir`` as the shipped model of its synth; returns the
-    folder. Files are written atomically; the weights' digest goes into the manifest."""
-    from proxies.files import atomic_write_bytes, atomic_write_json
+    folder. The three files are written as one set (a failure leaves the previous model whole);
+    the weights' digest goes into the manifest."""
+    import io
+
+    from proxies.files import OutputSet, json_text
     from training.evaluate_core import load_predictor
 
     pred = load_predictor(run_dir, "best")
@@ -95,14 +100,9 @@ def export(run_dir: str | Path, out_root: Path | None = None, made_by: str = "",
     arrays["feature_mean"] = np.asarray(pred.feature_mean, np.float32)
     arrays["feature_std"] = np.asarray(pred.feature_std, np.float32)
     folder = shipped_dir(synth, out_root)
-    folder.mkdir(parents=True, exist_ok=True)
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **{k: arrays[k] for k in sorted(arrays)})
-    atomic_write_bytes(folder / WEIGHTS, buf.getvalue())
     cfg = json.loads((Path(run_dir) / CONFIG).read_text())
-    atomic_write_json(folder / CONFIG, cfg, indent=1, sort_keys=True)
     summary_path = Path(run_dir) / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     manifest = {
@@ -116,7 +116,10 @@ def export(run_dir: str | Path, out_root: Path | None = None, made_by: str = "",
         "best_step": summary.get("best_step"),
         **(extra or {}),
     }
-    atomic_write_json(folder / MANIFEST, manifest, indent=1, sort_keys=True)
+    with OutputSet() as out:
+        out.write_bytes(folder / WEIGHTS, buf.getvalue())
+        for name, obj in ((CONFIG, cfg), (MANIFEST, manifest)):
+            out.write_bytes(folder / name, json_text(obj, 1, True).encode("utf-8"))
     return folder
 
 
@@ -145,11 +148,7 @@ def load(synth: str, root: Path | None = None):
     import jax.numpy as jnp
 
     from training.config import from_dict
-    from training.data import synth_of
-    from training.evaluate_core import Predictor
-    from training.features import make_feature_fn
-    from training.heads import head_layout
-    from training.models import make_model
+    from training.evaluate_core import Predictor, model_parts
 
     manifest = read_manifest(synth, root)
     folder = shipped_dir(synth, root)
@@ -164,11 +163,8 @@ def load(synth: str, root: Path | None = None):
     if weights_digest(arrays) != manifest["weights_sha256"]:
         raise ShippedModelError(f"{folder / WEIGHTS} does not match its manifest's sha256 (damaged or edited). "
                                 f"Fix: {fix}")
-    layout = head_layout(synth_of(cfg.data).spec, cfg.data.frozen)
-    feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
-    model = make_model(cfg.model, layout)
-    example = feature_fn(jnp.zeros((1, synth_of(cfg.data).channels, cfg.data.n_samples), jnp.float32))
-    template = jax.eval_shape(lambda: model.init(jax.random.key(0), example, jnp.zeros((1, 2))))["params"]
+    layout, feature_fn, model, example = model_parts(cfg)
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), *example))["params"]
     try:
         params = _unflatten(arrays, template)
     except ShippedModelError as e:

@@ -26,7 +26,7 @@ from flax.training import train_state
 
 from training.config import Config, ConfigError, OptimConfig, RunConfig
 from training.features import feature_stats
-from training.heads import HeadLayout
+from training.heads import HeadLayout, note_features
 from training.models import make_model
 
 
@@ -57,7 +57,8 @@ def create_train_state(cfg: Config, layout: HeadLayout, feature_fn: Callable, tr
     model = make_model(cfg.model, layout)
     mean, std = feature_stats(feature_fn, train_audio)
     example = (feature_fn(jnp.asarray(train_audio[:2], jnp.float32)) - mean) / std
-    params = model.init(jax.random.key(cfg.run.seed), example, jnp.zeros((example.shape[0], 2)))["params"]
+    note = note_features(jnp.full((example.shape[0],), cfg.data.note), jnp.full((example.shape[0],), cfg.data.velocity))
+    params = model.init(jax.random.key(cfg.run.seed), example, note)["params"]
     tx, _ = make_optimizer(cfg.optim)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, feature_mean=mean, feature_std=std)
 
