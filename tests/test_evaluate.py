@@ -139,3 +139,37 @@ def test_find_param_run_prefers_the_same_setup(tmp_path):
     assert find_param_run(run, cfg) == (loose, ["model.hidden"])
     exact = make("param", ["loss.schedule=param", "data.workers=1"])
     assert find_param_run(run, cfg) == (exact, [])
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("best_of_k", [4, 0])
+def test_model_rows_rank_lookup_presets_with_the_models_candidates(tiny_run, best_of_k):
+    """``eval.lookup_candidates``' presets join the model's candidates in one proxy ranking (also
+    without best-of-k): given each target's own preset among them, the search starts there and keeps
+    it (nothing beats the right answer); the rows say what they spent."""
+    import dataclasses
+
+    from proxies.amsynth.spec import uses_noise
+    from training.data import EngineRenderer, split_presets
+    from training.evaluate_core import load_predictor, model_rows
+
+    pred = load_predictor(tiny_run)
+    cfg = pred.cfg
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, best_of_k=best_of_k, proxy_search_rounds=2,
+                                                            proxy_search_candidates=4))
+    pred = dataclasses.replace(pred, cfg=cfg)
+    presets = split_presets(cfg.data, "test")
+    presets = presets[~uses_noise(presets)][:3]
+    with EngineRenderer(cfg.data) as renderer:
+        audio, ok = renderer.render(presets)
+    assert ok.all()
+    others = split_presets(cfg.data, "val")[:3]
+    lookup = np.stack([others, presets], axis=1)  # [N, 2, n_params]: a wrong preset, then the right one
+    rows = model_rows(pred, audio, None, seed=0, lookup=lookup)
+    assert ("model+best_of_k" in rows) == (best_of_k > 0)
+    if best_of_k:
+        assert rows["model+best_of_k"].proxy_renders == best_of_k
+        assert not np.allclose(rows["model+best_of_k"].presets, presets)  # the lookup is not the model's row
+    search = rows["model+proxy_search"]
+    assert search.proxy_renders == max(best_of_k, 1) + 2 + 2 * 4
+    np.testing.assert_allclose(search.presets, presets)

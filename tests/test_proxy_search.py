@@ -71,6 +71,10 @@ def test_search_moves_towards_real_plugin_targets(tmp_path, amsynth_path):
         assert ok.all()
     np.testing.assert_array_equal(found.presets, again.presets)
     assert found.renders_per_target == 1 + 3 * 12
+    given = proxy_search(cfg.data, layout, start, probs, target_audio, rounds=3, candidates=12, seed=0,
+                         start_distance=found.start_distance)  # the start's render is not spent again
+    assert given.renders_per_target == 3 * 12
+    np.testing.assert_array_equal(given.presets, found.presets)
     assert np.all(found.proxy_distance <= found.start_distance)
     assert np.mean(found.proxy_distance) < 0.9 * np.mean(found.start_distance)
     mss_before = audio_metrics(before, target_audio, cfg.data.sample_rate)["mss"]

@@ -59,13 +59,17 @@ from training.methods import METHOD_NOTES as METHOD_DESCRIPTIONS  # the one meth
 @dataclass
 class TargetSet:
     """Targets conditioned for the run: audio [N, C, T] (scored against), model_input [N, C, T]
-    (what the encoder and the nearest-neighbour search see: transposed to the run's note),
+    (transposed to the run's ``data.note``: what the nearest-neighbour search and a parameter-only
+    run see), heard [N, C, T] and heard_notes [N] (what the run's encoder hears and is told:
+    :func:`training.targets.heard`, the target as it is where the run was trained on its note),
     notes [N], names, normalized [N, n_params] or None (out of domain)."""
 
     kind: str
     names: list[str]
     audio: np.ndarray
     model_input: np.ndarray
+    heard: np.ndarray
+    heard_notes: np.ndarray
     notes: np.ndarray
     normalized: np.ndarray | None
     notes_text: list[str] = field(default_factory=list)
@@ -88,16 +92,16 @@ def load_targets(kind: str, n: int, cfg: Any, renderer: Any, note: int | str = "
         if not ok.all():
             notes_text.append(f"{int((~ok).sum())} target preset(s) failed to render and were dropped")
         names = [nm for nm, k in zip(names, ok) if k]
-        return TargetSet(kind, names, audio[ok], audio[ok], np.full(int(ok.sum()), data.note), presets[ok],
-                         notes_text)
-    from training.targets import prepare_target
+        at_note = np.full(int(ok.sum()), data.note)
+        return TargetSet(kind, names, audio[ok], audio[ok], audio[ok], at_note, at_note, presets[ok], notes_text)
+    from training.targets import heard, prepare_target
 
     folder = Path(kind)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise _err("--targets", f"a folder holding audio files ({', '.join(AUDIO_SUFFIXES)})",
                    f"{str(folder)!r} with none", "point it at a folder of wav/flac/ogg files")
-    names, audio, model_input, notes, notes_text = [], [], [], [], []
+    names, audio, model_input, heard_audio, heard_notes, notes, notes_text = [], [], [], [], [], [], []
     for path in files:
         if len(names) >= n:
             break
@@ -107,16 +111,20 @@ def load_targets(kind: str, n: int, cfg: Any, renderer: Any, note: int | str = "
             notes_text.append(f"skipped {path.name}: {e}")
             say(f"skipping {path.name}: {e}")
             continue
+        h, h_note = heard(t.audio, data, t.note, data.note_range, lambda m: None)
         names.append(path.name)
         audio.append(t.audio)
         model_input.append(t.model_input)
+        heard_audio.append(h)
+        heard_notes.append(h_note)
         notes.append(t.note)
         if t.note_source != "estimated" or t.note != data.note:
             notes_text.append(f"{path.name}: note {t.note} ({t.note_source})")
     if not names:
         raise _err("--targets", "at least one readable, non-silent audio file", f"none in {str(folder)!r}",
                    "check the files (see the messages above)")
-    return TargetSet(str(folder), names, np.stack(audio), np.stack(model_input), np.asarray(notes), None, notes_text)
+    return TargetSet(str(folder), names, np.stack(audio), np.stack(model_input), np.stack(heard_audio),
+                     np.asarray(heard_notes), np.asarray(notes), None, notes_text)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -210,6 +218,8 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
 
     cfg = from_dict(read_run_config(args.run))
     enable_compilation_cache()
+    import jax
+
     from training.data import build_dataset, sample_presets, synth_of
     from training.evaluate_core import (load_predictor, logmel_embeddings, mean_preset, nearest_neighbour)
     from training.report import Example
@@ -239,14 +249,12 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             audio, ok = render_rows(presets, np.arange(len(presets)))
             return score_mss(audio, targets.audio, ok, sr), audio
 
-        # -- model: hears each target at its own note when it was trained on it, else transposed to data.note
-        lo, hi = (data.note_range or (data.note, data.note))[:2]
-        inside = (targets.notes >= lo) & (targets.notes <= hi)
-        heard = np.where(inside[:, None, None], targets.audio, targets.model_input)
-        heard_note = np.where(inside, targets.notes, data.note)
-        predictor.predict_normalized(heard[:1], heard_note[:1])  # compile outside the timing
+        # -- model: hears each target at its own note when it was trained on it, else transposed to
+        # the nearest note it was (training.targets.heard)
+        predictor.outputs(targets.heard[:1], targets.heard_notes[:1])  # compile outside the timing
         t0 = time.perf_counter()
-        pred, probs = predictor.predict(heard, heard_note)
+        outs = predictor.outputs(targets.heard, targets.heard_notes)
+        pred = predictor.presets(outs)
         t_model = time.perf_counter() - t0
         methods["model"] = Method(pred, t_model, 0.0)
         t0 = time.perf_counter()
@@ -318,17 +326,11 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             spent: dict[str, float] = {}
             for note in np.unique(targets.notes):
                 rows = np.flatnonzero(targets.notes == note)
-                picked: dict[str, np.ndarray] = {}
-
-                def keep(presets: np.ndarray) -> dict[str, np.ndarray]:
-                    picked[f"#{len(picked)}"] = presets
-                    return {}
-
-                out = model_rows(row_predictor, targets.audio[rows], keep, args.seed, note=int(note),
-                                 model_input=heard[rows], model_note=int(heard_note[rows[0]]))
-                for (name, (_, per_target, _r)), presets in zip(out.items(), picked.values()):
-                    got.setdefault(name, pred.copy())[rows] = presets
-                    spent[name] = spent.get(name, 0.0) + per_target * len(rows)
+                out = model_rows(row_predictor, targets.audio[rows], None, args.seed, note=int(note),
+                                 outputs=(jax.tree.map(lambda x: x[rows], outs), t_model * len(rows) / n))
+                for name, row in out.items():
+                    got.setdefault(name, pred.copy())[rows] = row.presets
+                    spent[name] = spent.get(name, 0.0) + row.seconds_per_target * len(rows)
             for name in ("model+best_of_k", "model+proxy_search"):
                 if name in got:
                     methods[name] = Method(got[name], spent[name], 0.0, {"rounds": rounds,

@@ -20,9 +20,9 @@ import contextlib
 import functools
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -317,63 +317,74 @@ def score_presets(renderer: EngineRenderer, layout: HeadLayout, presets: np.ndar
     return m
 
 
-def _summarise(m: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
+def _summarise(m: dict[str, np.ndarray], seconds_per_target: float) -> dict[str, float]:
     ok = m["ok"] & np.all([np.isfinite(m[k]) for k in ("mss", "logmel_l1", "mfcc_l1")], axis=0)
     out = {k: float(np.mean(m[k][ok])) for k in METRIC_KEYS if k in m}
-    out.update(n=int(ok.sum()), failed=int((~ok).sum()), seconds_per_target=seconds / max(len(ok), 1))
+    out.update(n=int(ok.sum()), failed=int((~ok).sum()), seconds_per_target=seconds_per_target)
     return out
 
 
-def model_rows(predictor: Predictor, target_audio: np.ndarray, score: Callable[[np.ndarray], dict[str, np.ndarray]],
-               seed: int = 0, note: int | None = None, model_input: np.ndarray | None = None,
-               model_note: int | None = None, lookup: np.ndarray | None = None
-               ) -> dict[str, tuple[dict[str, np.ndarray], float, int]]:
+class ModelRow(NamedTuple):
+    """One of :func:`model_rows`: the scores of its presets (empty without ``score``), wall
+    seconds and proxy renders per target, and the presets [N, n_params] it answered with."""
+
+    scores: dict[str, np.ndarray]
+    seconds_per_target: float
+    proxy_renders: int
+    presets: np.ndarray
+
+
+def model_rows(predictor: Predictor, target_audio: np.ndarray,
+               score: Callable[[np.ndarray], dict[str, np.ndarray]] | None, seed: int = 0, note: int | None = None,
+               model_input: np.ndarray | None = None, model_note: int | None = None, lookup: np.ndarray | None = None,
+               outputs: tuple[dict[str, Any], float] | None = None) -> dict[str, ModelRow]:
     """The trained model's rows on one target set, cheapest first: ``model`` (its one preset, no
     render), ``model+best_of_k`` (its ``eval.best_of_k`` candidates ranked by their proxy
     render's distance to the target) and ``model+proxy_search`` (a guided search through the
     proxy from that pick, ``eval.proxy_search_rounds`` x ``eval.proxy_search_candidates`` renders
     more). Targets play ``note`` (default: the run's ``data.note``). ``score(presets)`` scores
-    presets against the targets (a real-engine re-render). Returns name -> (scores, wall seconds
-    per target, proxy renders per target); the proxy rows need a synth with a proxy. The encoder
-    hears ``model_input`` (default: the targets) playing ``model_note`` (default: ``note``).
+    presets against the targets (a real-engine re-render; None: rows carry presets only). The
+    proxy rows need a synth with a proxy. The encoder hears ``model_input`` (default: the
+    targets) playing ``model_note`` (default: ``note``), or ``outputs`` gives what it answered
+    (:meth:`Predictor.outputs`) and the seconds that took for the whole set.
     ``lookup`` [N, L, n_params]: presets of each target's nearest gallery sounds, which join the
     model's candidates in ``model+proxy_search``'s first ranking (L proxy renders more)."""
-    import dataclasses as _dc
-
     cfg, layout = predictor.cfg, predictor.layout
-    data = cfg.data if note is None else _dc.replace(cfg.data, note=int(note))
-    n = len(target_audio)
-    rows: dict[str, tuple[dict[str, np.ndarray], float, int]] = {}
-    t0 = time.perf_counter()
-    outs = predictor.outputs(target_audio if model_input is None else model_input,
-                             data.note if model_note is None else model_note, data.velocity)
+    data = cfg.data if note is None else replace(cfg.data, note=int(note))
+    n = max(len(target_audio), 1)
+    rows: dict[str, ModelRow] = {}
+    scored = score or (lambda _presets: {})
+    if outputs is None:
+        t0 = time.perf_counter()
+        outs = predictor.outputs(target_audio if model_input is None else model_input,
+                                 data.note if model_note is None else model_note, data.velocity)
+        t_pred = time.perf_counter() - t0
+    else:
+        outs, t_pred = outputs
     pred = predictor.presets(outs)
-    t_pred = time.perf_counter() - t0
-    rows["model"] = (score(pred), t_pred / max(n, 1), 0)
+    rows["model"] = ModelRow(scored(pred), t_pred / n, 0, pred)
     if not synth_of(cfg.data).has_proxy:
         return rows
     from training.proxy_search import best_of_k, proxy_search
 
     start, start_d, spent, renders = pred, None, 0.0, 0
-    if cfg.eval.best_of_k > 0:
-        cands = predictor.candidates(outs, cfg.eval.best_of_k, seed)
-        picked = best_of_k(data, cands, target_audio, seed=seed)
-        start, start_d, spent, renders = picked.presets, picked.proxy_distance, picked.seconds, cfg.eval.best_of_k
-        rows["model+best_of_k"] = (score(start), (t_pred + spent) / max(n, 1), renders)
-        if lookup is not None and lookup.shape[1]:
-            more = best_of_k(data, lookup, target_audio, seed=seed)  # the same proxy noise: comparable distances
-            better = more.proxy_distance < start_d
-            start = np.where(better[:, None], more.presets, start)
-            start_d = np.minimum(more.proxy_distance, start_d)
-            spent += more.seconds
-            renders += lookup.shape[1]
+    k = cfg.eval.best_of_k
+    extra = lookup if lookup is not None and lookup.shape[1] else None
+    if k > 0 or extra is not None:  # one ranking of the model's candidates and the lookup's presets
+        own = predictor.candidates(outs, k, seed) if k > 0 else pred[:, None]
+        pool = own if extra is None else np.concatenate([own, extra], axis=1)
+        ranked = best_of_k(data, pool, target_audio, seed=seed)
+        start, start_d, spent, renders = ranked.presets, ranked.proxy_distance, ranked.seconds, pool.shape[1]
+        if k > 0:
+            mine = own[np.arange(len(own)), ranked.distances[:, :k].argmin(axis=1)]
+            rows["model+best_of_k"] = ModelRow(scored(mine), (t_pred + spent * k / pool.shape[1]) / n, k, mine)
     if cfg.eval.proxy_search_rounds > 0:
         probs = tuple(np.asarray(p) for p in probabilities(outs))
         found = proxy_search(data, layout, start, probs, target_audio, rounds=cfg.eval.proxy_search_rounds,
                              candidates=cfg.eval.proxy_search_candidates, sigma=cfg.eval.proxy_search_sigma,
                              seed=seed, start_distance=start_d, mutations=cfg.eval.proxy_search_mutations)
-        rows["model+proxy_search"] = (score(found.presets), (t_pred + spent + found.seconds) / max(n, 1),
-                                      renders + found.renders_per_target - (start_d is not None))
+        rows["model+proxy_search"] = ModelRow(scored(found.presets), (t_pred + spent + found.seconds) / n,
+                                              renders + found.renders_per_target, found.presets)
     return rows
 
 
@@ -395,18 +406,16 @@ def evaluate_targets(predictor: Predictor, renderer: EngineRenderer, target_audi
     near = near.reshape(len(target_audio), -1)
     t_lookup = time.perf_counter() - t0
     lookup = lookup_normalized[near[:, :cfg.eval.lookup_candidates]]
-    for name, (m, per_target_s, proxy_renders) in model_rows(predictor, target_audio, score, cfg.run.seed,
-                                                             lookup=lookup).items():
-        results[name] = {**_summarise(m, 0.0), "seconds_per_target": per_target_s, "proxy_renders": proxy_renders}
-        log(f"[eval] {set_name} {name}: mss {results[name]['mss']:.4f} ({per_target_s:.3f} s per target)")
+    for name, row in model_rows(predictor, target_audio, score, cfg.run.seed, lookup=lookup).items():
+        results[name] = {**_summarise(row.scores, row.seconds_per_target), "proxy_renders": row.proxy_renders}
+        log(f"[eval] {set_name} {name}: mss {results[name]['mss']:.4f} ({row.seconds_per_target:.3f} s per target)")
 
-    t0 = time.perf_counter()
     means = np.broadcast_to(mean, (len(target_audio), len(mean))).copy()
     m = score_presets(renderer, layout, means, target_audio, target_normalized, sr)
     results["mean_preset"] = _summarise(m, 0.0)
 
     m = score_presets(renderer, layout, lookup_normalized[near[:, 0]], target_audio, target_normalized, sr)
-    results["nearest_neighbour"] = {**_summarise(m, 0.0), "seconds_per_target": t_lookup / max(len(target_audio), 1)}
+    results["nearest_neighbour"] = _summarise(m, t_lookup / max(len(target_audio), 1))
     log(f"[eval] {set_name} nearest_neighbour: mss {results['nearest_neighbour']['mss']:.4f}")
     return results
 

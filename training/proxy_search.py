@@ -39,7 +39,7 @@ class ProxySearchResult:
         presets: best presets found [N, n_params] (normalized, snapped to the plugin's grid).
         proxy_distance: their proxy multi-resolution STFT distance to the targets [N].
         start_distance: the same for the start presets [N].
-        renders_per_target: proxy renders spent per target (the start included).
+        renders_per_target: proxy renders spent per target (the start's included unless its distance was given).
         seconds: wall time (the proxy's compilation included on first use).
     """
 
@@ -106,11 +106,10 @@ def _draw_choices(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class BestOfK:
     """Outcome of :func:`best_of_k`: the picked presets [N, n_params], their proxy distance [N],
-    the index of the pick among each target's candidates [N], all distances [N, k], wall time."""
+    all distances [N, k] (the pick: their argmin), wall time."""
 
     presets: np.ndarray
     proxy_distance: np.ndarray
-    index: np.ndarray
     distances: np.ndarray
     seconds: float
 
@@ -129,7 +128,7 @@ def best_of_k(data: DataConfig, candidates: np.ndarray, target_audio: np.ndarray
                         batch_size, progress).reshape(n, k)
     d = np.where(np.isfinite(d), d, np.inf)
     pick = d.argmin(axis=1)
-    return BestOfK(candidates[np.arange(n), pick], d[np.arange(n), pick], pick, d, time.perf_counter() - t0)
+    return BestOfK(candidates[np.arange(n), pick], d[np.arange(n), pick], d, time.perf_counter() - t0)
 
 
 def proxy_search(data: DataConfig, layout: HeadLayout, start: np.ndarray, probs: Sequence[np.ndarray],
@@ -190,4 +189,5 @@ def proxy_search(data: DataConfig, layout: HeadLayout, start: np.ndarray, probs:
         better = d_pick < best_d
         best = np.where(better[:, None], cand.reshape(n, candidates, -1)[np.arange(n), pick], best)
         best_d = np.where(better, d_pick, best_d)
-    return ProxySearchResult(best, best_d, start_d, 1 + rounds * candidates, time.perf_counter() - t0)
+    return ProxySearchResult(best, best_d, start_d, (start_distance is None) + rounds * candidates,
+                             time.perf_counter() - t0)

@@ -227,7 +227,7 @@ def _note_of(window: np.ndarray, data: Any, note: int | str, tell: Callable[[str
     return est, "estimated", f0
 
 
-def _heard(window: np.ndarray, data: Any, midi: int, note_range: tuple[int, ...],
+def heard(window: np.ndarray, data: Any, midi: int, note_range: tuple[int, ...],
            tell: Callable[[str], None]) -> tuple[np.ndarray, int]:
     """(what the encoder hears [C, T], the note it is told): the window as it is when the model was
     trained on ``midi`` (``note_range``; empty: ``data.note`` only), else transposed to the nearest
@@ -260,7 +260,7 @@ def prepare_target(path: str | os.PathLike, data: Any, note: int | str = "auto",
     if float(np.max(np.abs(audio))) < SILENCE_PEAK:
         raise _err("target", "a sound inside the matched window", "silence there", "trim the file to the sound")
     midi, source, f0 = _note_of(audio, data, note, tell)
-    model_input, model_note = _heard(audio, data, midi, (), tell)
+    model_input, model_note = heard(audio, data, midi, (), tell)
     return Target(audio, model_input, midi, source, f0, messages, meta, model_note=model_note)
 
 
@@ -315,7 +315,7 @@ def prepare_whole_target(path: str | os.PathLike, data: Any, note: int | str = "
     # the encoder's window: the start of the sound at the run's rate and length
     window = condition_audio(audio, rate, data.sample_rate, data.n_samples, lambda m: None, channels)
     midi, source, f0 = _note_of(window, data, note, tell)
-    window, model_note = _heard(window, data, midi, note_range, tell)
+    window, model_note = heard(window, data, midi, note_range, tell)
     return Target(audio, window, midi, source, f0, messages, meta, rate, duration, hold_s, hold_source, model_note)
 
 
