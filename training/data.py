@@ -151,7 +151,7 @@ def split_presets(cfg: DataConfig, split: str, factory_prior: FactoryPrior | Non
     synth = synth_of(cfg)
     if split == GALLERY:
         split = "train"
-    n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
+    n = split_sizes(cfg)[split]
     if cfg.factory_prior_weight > 0 and factory_prior is None:
         factory_prior = fit_factory_prior(synth.spec, factory_presets(synth)[1])
     rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM[split]])
@@ -176,6 +176,12 @@ def split_notes(cfg: DataConfig, split: str, n: int) -> tuple[np.ndarray, np.nda
 def dataset_splits(cfg: DataConfig) -> tuple[str, ...]:
     """The splits a data config renders: train, val, test, and the gallery with a note range."""
     return SPLITS + ((GALLERY,) if cfg.note_range else ())
+
+
+def split_sizes(cfg: DataConfig) -> dict[str, int]:
+    """Presets per split of :func:`dataset_splits` (the gallery: the training presets again)."""
+    sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, GALLERY: cfg.n_train}
+    return {s: sizes[s] for s in dataset_splits(cfg)}
 
 
 def factory_eval_presets(cfg: DataConfig, n: int) -> tuple[list[str], np.ndarray]:
@@ -338,7 +344,9 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
     for tmp in root.glob("*.tmp*"):  # leftovers of a killed writer
         tmp.unlink(missing_ok=True)
     splits = dataset_splits(cfg)
-    presets = {s: split_presets(cfg, s, prior) for s in splits}
+    presets = {s: split_presets(cfg, s, prior) for s in splits if s != GALLERY}
+    if GALLERY in splits:
+        presets[GALLERY] = presets["train"]  # played again at data.note
     notes = {s: split_notes(cfg, s, len(presets[s])) for s in splits}
     plan = [(s, k, rows) for s in splits for k, rows in enumerate(_shard_rows(len(presets[s]), cfg.shard_size))]
 
@@ -352,7 +360,8 @@ def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], N
     todo = []
     for split, k, rows in plan:
         name = f"{split}-{k:04d}.npz"
-        if _shard_valid(root / name, presets[split][rows], notes[split][0][rows], rows, cfg, synth.channels):
+        if _shard_valid(root / name, presets[split][rows], notes[split][0][rows], notes[split][1][rows], rows, cfg,
+                        synth.channels):
             continue
         todo.append((split, k, rows, name))
     if todo:
@@ -396,8 +405,7 @@ def _manifest(fingerprint: dict[str, Any], cfg: DataConfig, shards: dict[str, An
         "fingerprint": fingerprint,
         "complete": complete,
         "n_samples": cfg.n_samples,
-        "splits": {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test,
-                   **({GALLERY: cfg.n_train} if cfg.note_range else {})},
+        "splits": split_sizes(cfg),
         "shards": dict(sorted(shards.items())),
     }
 
@@ -417,15 +425,15 @@ def _render_chunks(renderer: EngineRenderer, normalized: np.ndarray, pitch: np.n
     return np.concatenate(audios), np.concatenate(oks)
 
 
-def _shard_valid(path: Path, expected: np.ndarray, pitch: np.ndarray, rows: np.ndarray, cfg: DataConfig,
-                 channels: int) -> bool:
+def _shard_valid(path: Path, expected: np.ndarray, pitch: np.ndarray, velocity: np.ndarray, rows: np.ndarray,
+                 cfg: DataConfig, channels: int) -> bool:
     """A finished shard: readable, complete, and holding exactly the expected presets and notes."""
     if not path.is_file():
         return False
     try:
         with np.load(path) as z:
             index, failed, normalized = z["index"], z["failed"], z["normalized"]
-            stored_pitch = z["pitch"]
+            stored_pitch, stored_velocity = z["pitch"], z["velocity"]
             audio_shape, audio_dtype = z["audio"].shape, z["audio"].dtype
             _ = z["internal"].shape
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -434,8 +442,9 @@ def _shard_valid(path: Path, expected: np.ndarray, pitch: np.ndarray, rows: np.n
         return False
     if audio_shape != (len(index), channels, cfg.n_samples) or str(audio_dtype) != cfg.audio_dtype:
         return False
-    return bool(np.array_equal(normalized, expected[index - rows[0]])
-                and np.array_equal(stored_pitch, pitch[index - rows[0]]))
+    at = index - rows[0]
+    return bool(np.array_equal(normalized, expected[at]) and np.array_equal(stored_pitch, pitch[at])
+                and np.array_equal(stored_velocity, velocity[at]))
 
 
 def _load_split(root: Path, split: str, shard_ids: Sequence[int]) -> Split:

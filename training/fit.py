@@ -54,21 +54,21 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"
 
 
-def dataset_bytes(cfg: Config) -> tuple[int, int, Path, int]:
-    """(bytes the whole dataset takes, bytes of it already on disk, its folder, channels):
+def dataset_bytes(cfg: Config) -> tuple[int, int, Path, int, int]:
+    """(bytes the whole dataset takes, bytes of it already on disk, its folder, channels, presets):
     presets x channels x samples x bytes per sample, plus the parameter arrays."""
     import numpy as np
 
-    from training.data import data_fingerprint, dataset_dir, factory_presets, fit_factory_prior, synth_of
+    from training.data import data_fingerprint, dataset_dir, factory_presets, fit_factory_prior, split_sizes, synth_of
 
     d = cfg.data
     synth = synth_of(d)
-    n = d.n_train * (2 if d.note_range else 1) + d.n_val + d.n_test  # with a note range: the gallery split too
+    n = sum(split_sizes(d).values())
     per = synth.channels * d.n_samples * np.dtype(d.audio_dtype).itemsize + synth.spec.n_params * (8 + 4) + 16
     prior = fit_factory_prior(synth.spec, factory_presets(synth)[1]) if d.factory_prior_weight > 0 else None
     root = dataset_dir(d, data_fingerprint(d, synth.spec, prior))
     have = sum(f.stat().st_size for f in root.glob("*.npz")) if root.is_dir() else 0
-    return int(n * per), int(have), root, int(synth.channels)
+    return int(n * per), int(have), root, int(synth.channels), int(n)
 
 
 def preflight(cfg: Config, args: argparse.Namespace, log=print) -> None:
@@ -95,11 +95,10 @@ def preflight(cfg: Config, args: argparse.Namespace, log=print) -> None:
                               "write; expected a new or empty folder, or a run to resume. Fix: pick another "
                               "run.name (--set run.name=...) or run.runs_dir")
     d = cfg.data
-    n = d.n_train * (2 if d.note_range else 1) + d.n_val + d.n_test
     if cfg.optim.steps > MAX_STEPS and not args.allow_large:
         raise ConfigError(f"optim.steps: expected at most {MAX_STEPS:,} steps, got {cfg.optim.steps:,} (a typo costs "
                           "days); fix: lower optim.steps, or pass --allow-large if you mean it")
-    total, have, root, channels = dataset_bytes(cfg)
+    total, have, root, channels, n = dataset_bytes(cfg)
     need = max(0, total - have)
     gallery = f" + {d.n_train:,} (gallery)" if d.note_range else ""
     what = (f"the dataset ({d.n_train:,}{gallery} + {d.n_val:,} + {d.n_test:,} = {n:,} presets x {channels} channel(s) x "
