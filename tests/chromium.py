@@ -37,3 +37,19 @@ def run_chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
+
+
+def dump_probed_dom(page: Path, tmp_path: Path, tries: int = 4) -> str:
+    """The DOM of ``page`` (a copy with :data:`PROBE` appended) after load. Chromium's virtual time
+    does not wait for media decoding, so an audio element may not have reported yet (neither
+    ``data-duration`` nor ``data-error``): then it is loaded again, up to ``tries`` times, and the
+    last DOM is returned as it is (the caller's assertions then fail on the missing figure)."""
+    import re
+
+    dom = ""
+    for _ in range(tries):
+        dom = run_chromium(["--dump-dom", page.resolve().as_uri()], tmp_path).stdout
+        audios = re.findall(r"<audio\b[^>]*>", dom)
+        if all("data-duration=" in a or "data-error=" in a for a in audios):
+            break
+    return dom

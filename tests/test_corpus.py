@@ -1,4 +1,4 @@
-"""The cached corpus renders: reuse, resume, corrupt files, failures, and the two searches."""
+"""The cached corpus renders: reuse (on disk and in memory), resume, corrupt files, failures, and the search."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import training.corpus as corpus_mod
 from proxies.notes import Note
 from tests.test_data import fail_second_render
-from training.corpus import best_in_corpus_by_mss, corpus_renders, nearest_in_corpus
+from training.corpus import best_in_corpus_by_mss, corpus_renders
 
 SR, DUR, HOLD = 16000, 1.0, 0.5
 pytestmark = pytest.mark.plugin
@@ -52,20 +52,48 @@ def test_renders_the_first_presets_once_and_reuses_the_file(cached, monkeypatch)
                        limit=40)
 
 
+def test_a_second_call_in_the_process_does_not_read_the_file_again(cached, monkeypatch):
+    import os
+
+    cache, c = cached
+    corpus_mod._IN_MEMORY.clear()  # as in a new process
+    real_load, loads = np.load, []
+
+    def counting_load(*a, **k):
+        loads.append(a[0])
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(np, "load", counting_load)
+    first = render_subset(cache)
+    assert loads == [c.path] and np.array_equal(first.audio, c.audio)
+    no_engine(monkeypatch)
+    monkeypatch.setattr(corpus_mod, "factory_presets", lambda *a: pytest.fail("the presets were read again"))
+    again = render_subset(cache)
+    assert loads == [c.path]  # from memory: no file read, no preset hashed
+    assert again.audio is first.audio and again.normalized is first.normalized and again.names == first.names
+    assert not again.audio.flags.writeable  # shared by every call: nobody may change it
+    monkeypatch.undo()
+
+    st = c.path.stat()
+    os.utime(c.path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: read again
+    monkeypatch.setattr(np, "load", counting_load)
+    loads.clear()
+    third = render_subset(cache)
+    assert loads == [c.path] and third.audio is not first.audio and np.array_equal(third.audio, c.audio)
+
+
 def test_a_render_of_preset_7_finds_preset_7(cached):
     from proxies.host import render
 
     _, c = cached
     target = render("amsynth", c.normalized[7], notes=(Note(60, 100, 0.0, HOLD),), duration_s=DUR, sample_rate=SR)
-    near = nearest_in_corpus(c, target, 5)
-    assert near.shape == (5,) and near[0] == 7 and len(set(near.tolist())) == 5
     best, mss = best_in_corpus_by_mss(c, target, SR)
     assert best == 7 and mss.shape == (40,)
     others = np.delete(mss, 7)
     assert mss[7] < 0.05 and mss[7] < 0.25 * others.min()  # float16 storage only: ~0.015, next ~0.18
-    assert nearest_in_corpus(c, target[:1], 1)[0] == 7  # a mono target is spread over the channels
+    assert best_in_corpus_by_mss(c, target[:1], SR)[0] == 7  # a mono target is spread over the channels
     with pytest.raises(ValueError, match=r"expected \[2, 16000\]"):
-        nearest_in_corpus(c, target[:, :8000], 1)
+        best_in_corpus_by_mss(c, target[:, :8000], SR)
     with pytest.raises(ValueError, match="rendered at 16000 Hz"):
         best_in_corpus_by_mss(c, target, 44100)
 

@@ -4,7 +4,6 @@ page, its relative images and audio, and a screenshot of it is not blank."""
 
 from __future__ import annotations
 
-import io
 import json
 import urllib.parse
 from html.parser import HTMLParser
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.chromium import PROBE, run_chromium
+from tests.chromium import PROBE, dump_probed_dom, run_chromium
 from training import gallery, report
 from training.cli import MatchError
 
@@ -188,11 +187,16 @@ def _done_folder(folder):
     return d, out, gallery.plan_folder(d, out, SUFFIX)
 
 
-def test_gallery_page_links_escapes_and_summarises(folder):
+def test_gallery_page_links_escapes_and_summarises(folder, monkeypatch):
     d, out, items = _done_folder(folder)
-    page = gallery.write_gallery(out, items, 'Folder <sounds> & "presets"', "amsynth", in_dir=d)
+    with monkeypatch.context() as m:  # the items hold their parsed reports: the page reads none again
+        m.setattr(gallery, "_read_report", lambda path: pytest.fail(f"{path} was read again"))
+        page = gallery.write_gallery(out, items, 'Folder <sounds> & "presets"', "amsynth", in_dir=d)
     assert page == out / "index.html"
     text = page.read_text()
+    # the same page as from the files on disk
+    assert text == gallery.gallery_html(out, [it._replace(parsed=None) for it in items], 'Folder <sounds> & "presets"',
+                                        "amsynth", d)
     assert text.startswith("<!DOCTYPE html>") and "http://" not in text and "https://" not in text
     assert 'a&lt;b&gt;&amp;&quot;c.wav' in text and ODD not in text and "a<b>" not in text
     assert "Folder &lt;sounds&gt; &amp; &quot;presets&quot;" in text
@@ -222,14 +226,16 @@ def test_gallery_page_links_escapes_and_summarises(folder):
     assert "../" + ODD in [urllib.parse.unquote(a["src"]) for a in p.audios]
     assert len(p.imgs) == 3 and len(p.audios) == 5 + 3  # every target, and the three matches
 
-    # the aiff target (browsers do not play aiff) is embedded: a 16-bit wav of its first 10 s
-    embedded = [a["src"] for a in p.audios if a["src"].startswith("data:")]
-    assert len(embedded) == 1 and embedded[0].startswith("data:audio/wav;base64,")
-    import base64
-
-    data, sr = sf.read(io.BytesIO(base64.b64decode(embedded[0].split(",", 1)[1])))
-    assert sr == SR and len(data) == 10 * SR
-    assert sf.info(io.BytesIO(base64.b64decode(embedded[0].split(",", 1)[1]))).subtype == "PCM_16"
+    # the aiff target (browsers do not play aiff) gets a preview beside its preset, written once: a
+    # 16-bit wav of its first 10 s
+    assert not [a for a in p.audios if a["src"].startswith("data:")]
+    previews = [urllib.parse.unquote(a["src"]) for a in p.audios if a["src"].endswith(gallery.PREVIEW_SUFFIX)]
+    assert previews == ["c" + gallery.PREVIEW_SUFFIX]
+    data, sr = sf.read(out / previews[0])
+    assert sr == SR and len(data) == 10 * SR and sf.info(out / previews[0]).subtype == "PCM_16"
+    before = (out / previews[0]).stat().st_mtime_ns
+    gallery.write_gallery(out, items, "Folder match", "amsynth", in_dir=d)
+    assert (out / previews[0]).stat().st_mtime_ns == before
 
 
 def test_gallery_in_headless_chromium(folder, tmp_path):
@@ -238,11 +244,11 @@ def test_gallery_in_headless_chromium(folder, tmp_path):
     probe = out / "probe.html"  # beside the page, so the same relative links
     probe.write_text(page.read_text().replace("<img loading='lazy'", "<img").replace("</body>", PROBE + "</body>"))
     p = _Page()
-    p.feed(run_chromium(["--dump-dom", probe.resolve().as_uri()], tmp_path).stdout)
+    p.feed(dump_probed_dom(probe, tmp_path))
     assert len(p.imgs) == 3 and all(int(i.get("data-natural-width", 0)) > 100 for i in p.imgs), p.imgs
     durations = [float(a.get("data-duration", "nan")) for a in p.audios]
     assert not [a for a in p.audios if "data-error" in a], "the browser could not load an audio file"
-    # targets: 0.4, 0.3, 10 (the aiff, embedded and cut), 0.3, 0.3 s; matches: 0.5 s each
+    # targets: 0.4, 0.3, 10 (the aiff's preview, cut), 0.3, 0.3 s; matches: 0.5 s each
     assert durations == pytest.approx([0.4, 0.5, 0.3, 0.5, 10.0, 0.5, 0.3, 0.3], abs=0.01)
 
     shot = tmp_path / "gallery.png"

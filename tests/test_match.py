@@ -409,6 +409,29 @@ def test_bad_input_fails_clearly_before_heavy_work(kind, extra, pattern, tmp_pat
     assert not out.exists() and not out.with_suffix(".wav").exists()
 
 
+def test_a_run_whose_synth_cannot_load_names_its_config(tmp_path, fake_run, capsys, monkeypatch):
+    """--run with a synth this install cannot load (the run checks passed: e.g. a plugin removed
+    since): the message names the run's data.synth and the fix, not --synth."""
+    import training.match
+
+    cfg = json.loads((fake_run / "config.json").read_text())
+    cfg["data"]["synth"] = "nosuchsynth"
+    (fake_run / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(training.match, "check_run_dir", lambda run, which="best", flag="--run": Path(run))
+    monkeypatch.setattr(training.match, "read_run_config",
+                        lambda p, flag="--run": json.loads((p / "config.json").read_text()))
+    out = tmp_path / "patch.amSynth"
+    rc, stdout, stderr = _run_match([str(_write(tmp_path, "tone")), "--run", str(fake_run), "--out", str(out)], capsys)
+    assert rc == 2
+    import re
+
+    assert re.search(r"--run: expected a run trained on a synth this install can load, got data\.synth = "
+                     r"'nosuchsynth' in .*config\.json \(unknown synth 'nosuchsynth'.*\); fix: install that synth",
+                     stderr), stderr
+    assert "--synth" not in stderr and "None" not in stderr
+    assert not out.exists()
+
+
 def test_cli_reports_errors_without_a_traceback(tmp_path, fake_run):
     target = _write(tmp_path, "nan")
     r = subprocess.run([sys.executable, "-m", "training.match", str(target), "--run", str(fake_run), "--out",

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from tests.chromium import PROBE, run_chromium
+from tests.chromium import PROBE, dump_probed_dom
 from training import report
 
 SR = 8000
@@ -96,7 +96,7 @@ def test_html_report_in_headless_chromium(tmp_path):
     probe.write_text(text.replace("</body>", PROBE + "</body>"))
 
     dom = _Dom()
-    dom.feed(run_chromium(["--dump-dom", probe.resolve().as_uri()], tmp_path).stdout)
+    dom.feed(dump_probed_dom(probe, tmp_path))
 
     methods = dom.tables["methods"]
     assert methods[0][0] == "method" and "MSS" in methods[0] and "wall time / target" in methods[0]

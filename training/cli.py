@@ -140,13 +140,3 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     compilation_cache.reset_cache()  # a process that compiled before now uses it too
-
-
-def run_synth(run: str | os.PathLike):
-    """The synth a run directory was trained on (from its config.json; no JAX)."""
-    from proxies.synth import get_synth
-
-    data = read_run_config(Path(run)).get("data", {})
-    return get_synth(data.get("synth", "amsynth"), data.get("spec") or None)
-
-

@@ -8,23 +8,22 @@ in ``<cache_dir>/corpus-<synth>-<hash12>.npz``, the hash taken over everything t
 chunked renderer and its shard files. It is resumable: every ``PART_SIZE`` presets are written
 atomically to ``corpus-<synth>-<hash12>.parts/part-NNNN.npz`` as they finish, so a killed run keeps
 them; the parts are merged into the final file (atomically) and removed. A missing, partial or
-corrupt file is rendered again. Presets that fail to render are dropped and named.
+corrupt file is rendered again. Presets that fail to render are dropped and named. The last
+corpora loaded are also kept in memory (:data:`KEEP_IN_MEMORY`), so matching a folder of sounds
+reads each note's file once; one whose file changed on disk is read again.
 
-Two searches over it, the baselines of matching a target without a trained model:
-
-* :func:`nearest_in_corpus`: the ``k`` nearest renders by log-mel Euclidean distance (the
-  nearest-neighbour baseline's feature, :func:`training.evaluate_core.logmel_embeddings`);
-* :func:`best_in_corpus_by_mss`: the multi-resolution STFT distance (``mss`` of
-  :func:`training.evaluate_core.audio_metrics`) of every render to the target: brute force.
+:func:`best_in_corpus_by_mss` searches it (the baseline of matching a target without a trained
+model): the multi-resolution STFT distance (``mss`` of :func:`training.evaluate_core.audio_metrics`)
+of every render to the target: brute force.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
-import weakref
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -33,15 +32,17 @@ import numpy as np
 
 from proxies.files import atomic_savez
 from training.config import DataConfig
-from training.data import (EngineRenderer, _load_split, _NullBar, _render_chunks, _shard_valid, data_fingerprint,
-                           dataset_dir, factory_presets, synth_of)
+from training.data import (EngineRenderer, _load_split, _progress, _render_chunks, _shard_rows, _shard_valid,
+                           data_fingerprint, dataset_dir, factory_presets, synth_of)
 
-__all__ = ["CorpusRenders", "best_in_corpus_by_mss", "corpus_embeddings", "corpus_renders", "nearest_in_corpus"]
+__all__ = ["CorpusRenders", "best_in_corpus_by_mss", "corpus_renders"]
 
 FORMAT_VERSION = 1
 PART_SIZE = 512  # presets per resumable part file
 CHUNK = 64  # presets per engine call
 AUDIO_DTYPE = "float16"
+#: corpora kept in memory (the most recently used; amsynth's is ~220 MB at 16 kHz)
+KEEP_IN_MEMORY = 2
 
 
 class CorpusRenders(NamedTuple):
@@ -101,13 +102,19 @@ def corpus_renders(synth_name: str, note: int, velocity: int, sample_rate: int, 
     """The synth's corpus rendered through its real engine at ``note`` (held ``hold_s`` of a
     ``duration_s`` render), from the cache when there, else rendered (resuming finished parts).
 
-    ``limit``: only the first ``limit`` presets of the corpus (a separate cache file)."""
+    ``limit``: only the first ``limit`` presets of the corpus (a separate cache file). A corpus
+    this process loaded or rendered is returned from memory while its file is unchanged."""
     cfg = _config(synth_name, note, velocity, sample_rate, duration_s, hold_s, cache_dir, workers)
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"limit: expected None (every preset) or an integer >= 1, got {limit!r}")
+    key = (cfg.synth, cfg.note, cfg.velocity, cfg.sample_rate, cfg.duration_s, cfg.hold_s,
+           os.path.abspath(cache_dir), None if limit is None else int(limit))
+    kept = _recall(key)
+    if kept is not None:
+        return kept
     synth = synth_of(cfg)
     names, normalized = factory_presets(synth)
     if limit is not None:
-        if int(limit) < 1:
-            raise ValueError(f"limit: expected None (every preset) or an integer >= 1, got {limit!r}")
         names, normalized = names[:int(limit)], normalized[:int(limit)]
     fingerprint = _fingerprint(cfg, names, normalized)
     stem = "corpus-" + dataset_dir(cfg, fingerprint).name
@@ -118,7 +125,7 @@ def corpus_renders(synth_name: str, note: int, velocity: int, sample_rate: int, 
 
     loaded = _load_final(path, fingerprint, names, normalized, shape, int(sample_rate))
     if loaded is not None:
-        return loaded
+        return _remember(key, loaded)
     if path.exists():
         log(f"[corpus] {path} is unreadable or stale: rendering it again")
         path.unlink()
@@ -127,18 +134,18 @@ def corpus_renders(synth_name: str, note: int, velocity: int, sample_rate: int, 
     for tmp in [*parts_dir.glob(".*.tmp"), *root.glob(f".{stem}.npz.*.tmp")]:  # leftovers of a killed writer
         tmp.unlink(missing_ok=True)
     n = len(names)
-    plan = [np.arange(a, min(a + PART_SIZE, n)) for a in range(0, n, PART_SIZE)]
+    plan = _shard_rows(n, PART_SIZE)
     pitch = np.full(n, cfg.note, np.int64)
     velocity_row = np.full(n, cfg.velocity, np.int64)
     todo = [k for k, rows in enumerate(plan)
-            if not _shard_valid(parts_dir / f"part-{k:04d}.npz", normalized[rows], pitch[rows], rows, cfg,
-                                synth.channels)]
+            if not _shard_valid(parts_dir / f"part-{k:04d}.npz", normalized[rows], pitch[rows], velocity_row[rows],
+                                rows, cfg, synth.channels)]
     if todo:
         n_render = sum(len(plan[k]) for k in todo)
         log(f"[corpus] rendering {n_render} of {n} {synth.name} presets at note {cfg.note} through the real engine "
             f"({cfg.workers} workers) into {path}")
         t0 = time.perf_counter()
-        with EngineRenderer(cfg) as renderer, _bar(n_render, cfg.note, progress) as bar:
+        with EngineRenderer(cfg) as renderer, _progress(n_render, progress) as bar:
             for k in todo:
                 rows = plan[k]
                 audio, ok = _render_chunks(renderer, normalized[rows], pitch[rows], velocity_row[rows], bar, CHUNK)
@@ -162,8 +169,8 @@ def corpus_renders(synth_name: str, note: int, velocity: int, sample_rate: int, 
                  names=np.array(kept_names, dtype=str), failed=np.array(failed, dtype=str),
                  fingerprint=np.array(json.dumps(fingerprint, sort_keys=True)))
     shutil.rmtree(parts_dir, ignore_errors=True)
-    return CorpusRenders(kept_names, split.normalized, split.audio, cfg.note, path, split.index, failed,
-                         int(sample_rate))
+    return _remember(key, CorpusRenders(kept_names, split.normalized, split.audio, cfg.note, path, split.index,
+                                        failed, int(sample_rate)))
 
 
 def _failed_rows(part: Path) -> np.ndarray:
@@ -171,12 +178,42 @@ def _failed_rows(part: Path) -> np.ndarray:
         return z["failed"]
 
 
-def _bar(total: int, note: int, enabled: bool):
-    if not enabled:
-        return _NullBar()
-    from tqdm import tqdm
+#: (the call's settings) -> (its cache file's stat when read, the corpus), the most recently used last
+_IN_MEMORY: dict[tuple, tuple[tuple[int, int, int], CorpusRenders]] = {}
 
-    return tqdm(total=total, unit="render", desc=f"render corpus at note {note}", smoothing=0.1, dynamic_ncols=True)
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _recall(key: tuple) -> CorpusRenders | None:
+    """The corpus kept in memory for ``key`` while its cache file is the one it was read from (or
+    written as); kept corpora whose file changed or went are dropped."""
+    for k, (sig, corpus) in list(_IN_MEMORY.items()):
+        if _signature(corpus.path) != sig:
+            del _IN_MEMORY[k]
+    entry = _IN_MEMORY.pop(key, None)
+    if entry is None:
+        return None
+    _IN_MEMORY[key] = entry  # the most recently used
+    return entry[1]
+
+
+def _remember(key: tuple, corpus: CorpusRenders) -> CorpusRenders:
+    """Keep ``corpus`` (its arrays made read-only: every later call shares them) for :func:`_recall`."""
+    for a in (corpus.normalized, corpus.audio, corpus.index):
+        a.flags.writeable = False
+    _IN_MEMORY.pop(key, None)
+    sig = _signature(corpus.path)
+    if sig is not None and KEEP_IN_MEMORY > 0:
+        _IN_MEMORY[key] = (sig, corpus)
+        while len(_IN_MEMORY) > KEEP_IN_MEMORY:
+            del _IN_MEMORY[next(iter(_IN_MEMORY))]
+    return corpus
 
 
 def _load_final(path: Path, fingerprint: dict[str, Any], names: list[str], normalized: np.ndarray,
@@ -198,24 +235,7 @@ def _load_final(path: Path, fingerprint: dict[str, Any], names: list[str], norma
     return CorpusRenders(stored_names, stored, audio, int(fingerprint["note"]), path, index, failed, sample_rate)
 
 
-# ------------------------------------------------------------------------------------ searches
-_EMBEDDINGS: list[tuple[weakref.ref, int, np.ndarray]] = []  # (the audio, sample rate, embeddings) of the last corpus
-
-
-def corpus_embeddings(corpus: CorpusRenders, batch: int = 256) -> np.ndarray:
-    """Flattened log-mel embeddings [N, D] float32 of the corpus renders (kept for the last corpus
-    searched, as long as its audio array lives)."""
-    from training.evaluate_core import logmel_embeddings
-
-    if _EMBEDDINGS and _EMBEDDINGS[0][0]() is corpus.audio and _EMBEDDINGS[0][1] == corpus.sample_rate:
-        return _EMBEDDINGS[0][2]
-    parts = [logmel_embeddings(np.asarray(corpus.audio[a:a + batch], np.float32), corpus.sample_rate)
-             for a in range(0, len(corpus.names), batch)]
-    emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-    _EMBEDDINGS[:] = [(weakref.ref(corpus.audio), int(corpus.sample_rate), emb)]
-    return emb
-
-
+# ------------------------------------------------------------------------------------ search
 def _target(corpus: CorpusRenders, target_audio: np.ndarray) -> np.ndarray:
     """``target_audio`` [C, T] (or [T] / [1, T], spread over the corpus's channels) as [C, T] float32."""
     t = np.asarray(target_audio, np.float32)
@@ -230,18 +250,6 @@ def _target(corpus: CorpusRenders, target_audio: np.ndarray) -> np.ndarray:
                          f"{list(np.shape(target_audio))}; condition it first (training.targets.condition_audio) "
                          "or render the corpus at its length")
     return t
-
-
-def nearest_in_corpus(corpus: CorpusRenders, target_audio: np.ndarray, k: int) -> np.ndarray:
-    """Rows [k] (int64, nearest first) of the ``k`` corpus renders closest to ``target_audio``
-    [C, T] float32 by Euclidean distance of flattened log-mel spectrograms (the nearest-neighbour
-    baseline's :func:`training.evaluate_core.nearest_neighbour`)."""
-    from training.evaluate_core import logmel_embeddings, nearest_neighbour
-
-    if isinstance(k, bool) or not 1 <= int(k) <= len(corpus.names):
-        raise ValueError(f"k: expected an integer in 1..{len(corpus.names)} (the corpus renders), got {k!r}")
-    t = logmel_embeddings(_target(corpus, target_audio)[None], corpus.sample_rate)
-    return np.asarray(nearest_neighbour(corpus_embeddings(corpus), t, int(k)), np.int64).reshape(-1)
 
 
 def best_in_corpus_by_mss(corpus: CorpusRenders, target_audio: np.ndarray, sample_rate: int,

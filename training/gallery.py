@@ -27,15 +27,17 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from training.cli import _err
-from training.report import _CSS, _e, _fmt, _seconds, data_uri, wav_bytes
+from training.report import _CSS, _e, _fmt, _seconds, wav_bytes
 from training.targets import AUDIO_SUFFIXES
 
 #: the page written into the output folder
 INDEX_NAME = "index.html"
-#: targets of these suffixes are linked from the page (browsers play them); others are embedded
+#: targets of these suffixes are linked from the page (browsers play them); others get a preview
 BROWSER_AUDIO = (".wav", ".flac", ".ogg", ".oga", ".mp3")
-#: an embedded target (a format browsers do not play, or no relative path) is cut to this length
-EMBED_MAX_S = 10.0
+#: a target's preview (a format browsers do not play, or no relative path): a 16-bit wav of at most
+#: this length beside the preset, ``NAME.target.wav``, written once
+PREVIEW_MAX_S = 10.0
+PREVIEW_SUFFIX = ".target.wav"
 
 
 class FolderItem(NamedTuple):
@@ -47,6 +49,8 @@ class FolderItem(NamedTuple):
         report: the match report beside it (``name.json``).
         done: the report parses, holds no ``error``, and the preset and ``name.wav`` exist.
         error: the message of a failed match (its report's ``error``), else None.
+        parsed: the report of a done or failed item as read when the item was made (else None),
+            so a page or a summary does not read it again.
     """
 
     source: Path
@@ -54,6 +58,7 @@ class FolderItem(NamedTuple):
     report: Path
     done: bool
     error: str | None = None
+    parsed: Mapping[str, Any] | None = None
 
     @property
     def wav(self) -> Path:
@@ -65,10 +70,6 @@ class FolderItem(NamedTuple):
 
 
 # ------------------------------------------------------------------------------ planning
-def _hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
-
-
 def _inside(p: Path, folder: Path) -> bool:
     return p == folder or folder in p.parents
 
@@ -107,7 +108,7 @@ def item_status(source: Path, preset: Path) -> FolderItem:
     rep = _read_report(report_path)
     error = _error_of(rep)
     done = rep is not None and error is None and preset.is_file() and preset.with_suffix(".wav").is_file()
-    return FolderItem(source, preset, report_path, done, error)
+    return FolderItem(source, preset, report_path, done, error, rep if done or error is not None else None)
 
 
 def plan_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, preset_suffix: str) -> list[FolderItem]:
@@ -168,9 +169,10 @@ def record_failure(item: FolderItem, error: str) -> FolderItem:
     return the item as :func:`plan_folder` would now see it (not done; a rerun tries it again)."""
     from proxies.files import atomic_write_json
 
+    report = {"target": {"path": str(item.source)}, "error": str(error)}
     item.report.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(item.report, {"target": {"path": str(item.source)}, "error": str(error)})
-    return item._replace(done=False, error=str(error))
+    atomic_write_json(item.report, report)
+    return item._replace(done=False, error=str(error), parsed=report)
 
 
 # ------------------------------------------------------------------------------ summary
@@ -193,11 +195,16 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def _report_of(item: FolderItem) -> Mapping[str, Any] | None:
+    """The item's report: as parsed when the item was made, else read now."""
+    return item.parsed if item.parsed is not None else _read_report(item.report)
+
+
 def summarise_folder(items: Sequence[FolderItem]) -> dict[str, Any]:
     """``{"n", "done", "failed", "pending", "median_mss", "median_seconds"}`` of a folder match:
     medians over the done items (final MSS of the plugin render; ``timing.total_s``), None when
     there are none."""
-    reports = [_read_report(it.report) for it in items if it.done]
+    reports = [_report_of(it) for it in items if it.done]
     return {
         "n": len(items),
         "done": sum(it.done for it in items),
@@ -246,27 +253,39 @@ def _href(path: Path, out_dir: Path) -> str | None:
     return urllib.parse.quote(rel.replace(os.sep, "/"), safe="/")
 
 
-def _embedded_target(path: Path) -> str | None:
-    """A ``data:`` URI of a 16-bit wav of the first :data:`EMBED_MAX_S` seconds of ``path``; None if unreadable."""
+def _preview(item: FolderItem) -> Path:
+    return item.preset.with_suffix(PREVIEW_SUFFIX)
+
+
+def _needs_preview(item: FolderItem, out_dir: Path) -> bool:
+    return item.source.suffix.lower() not in BROWSER_AUDIO or _href(item.source, out_dir) is None
+
+
+def _write_preview(item: FolderItem) -> None:
+    """``NAME.target.wav``: a 16-bit wav of the first :data:`PREVIEW_MAX_S` seconds of the target,
+    unless one newer than the target is there; none for an unreadable target (the match says why)."""
     import soundfile as sf
 
+    from proxies.files import atomic_write_bytes
+
+    path = _preview(item)
     try:
-        with sf.SoundFile(str(path)) as f:
-            audio = f.read(frames=int(EMBED_MAX_S * f.samplerate), dtype="float32", always_2d=True)
+        if path.is_file() and path.stat().st_mtime_ns >= item.source.stat().st_mtime_ns:
+            return
+        with sf.SoundFile(str(item.source)) as f:
+            audio = f.read(frames=int(PREVIEW_MAX_S * f.samplerate), dtype="float32", always_2d=True)
             sr = f.samplerate
-    except Exception:  # a file the match refused (it says why); the page just has no player
-        return None
-    if audio.shape[0] == 0:
-        return None
-    return data_uri(wav_bytes(audio.T[:2], sr), "audio/wav")
+    except Exception:  # noqa: BLE001  (a file the match refused: the page just has no player)
+        return
+    if audio.shape[0]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, wav_bytes(audio.T[:2], sr))
 
 
 def _target_src(item: FolderItem, out_dir: Path) -> str | None:
-    if item.source.suffix.lower() in BROWSER_AUDIO:
-        href = _href(item.source, out_dir)
-        if href is not None:
-            return href
-    return _embedded_target(item.source)
+    if not _needs_preview(item, out_dir):
+        return _href(item.source, out_dir)
+    return _href(_preview(item), out_dir) if _preview(item).is_file() else None
 
 
 def _player(label: str, src: str | None) -> str:
@@ -311,9 +330,9 @@ def _total_s(rep: Mapping[str, Any] | None) -> float | None:
     return _number(timing.get("total_s")) if isinstance(timing, Mapping) else None
 
 
-def _row(k: int, item: FolderItem, out_dir: Path, in_dir: Path | None) -> str:
+def _row(k: int, item: FolderItem, out_dir: Path, in_dir: Path) -> str:
     name = _display_name(item, in_dir)
-    rep = _read_report(item.report) if (item.done or item.error) else None
+    rep = _report_of(item) if (item.done or item.error) else None
     status = "done" if item.done else "failed" if item.error is not None else "pending"
     cells = [f"<td class='name'>{_e(name)}<br><span class='status {status}'>{status}</span>"]
     if item.done:
@@ -361,28 +380,19 @@ def _companion_files(rep: Mapping[str, Any] | None, item: FolderItem) -> list[Pa
     return out
 
 
-def _display_name(item: FolderItem, in_dir: Path | None) -> str:
-    if in_dir is not None:
-        try:
-            return item.source.relative_to(in_dir).as_posix()
-        except ValueError:
-            pass
-    return item.source.name
-
-
-def _common_root(items: Sequence[FolderItem]) -> Path | None:
+def _display_name(item: FolderItem, in_dir: Path) -> str:
     try:
-        return Path(os.path.commonpath([str(it.source.parent) for it in items])) if items else None
+        return item.source.relative_to(in_dir).as_posix()
     except ValueError:
-        return None
+        return item.source.name
 
 
 def gallery_html(out_dir: str | os.PathLike, items: Sequence[FolderItem], title: str, synth_name: str,
-                 in_dir: str | os.PathLike | None = None) -> str:
+                 in_dir: str | os.PathLike) -> str:
     """The page :func:`write_gallery` writes (links relative to ``out_dir``; sounds named by their
-    path relative to ``in_dir``, by default the folder common to all of them)."""
+    path relative to ``in_dir``, the folder of targets)."""
     out = Path(out_dir)
-    root = Path(in_dir) if in_dir is not None else _common_root(items)
+    root = Path(in_dir)
     s = summarise_folder(items)
     failed = [(k, it) for k, it in enumerate(items) if it.error is not None]
     page = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
@@ -413,18 +423,22 @@ def gallery_html(out_dir: str | os.PathLike, items: Sequence[FolderItem], title:
 
 
 def write_gallery(out_dir: str | os.PathLike, items: Sequence[FolderItem], title: str, synth_name: str,
-                  in_dir: str | os.PathLike | None = None) -> Path:
+                  in_dir: str | os.PathLike) -> Path:
     """Write ``out_dir/index.html`` (atomically: a browser never sees half a page) and return its path.
 
     Every item is one row: done (distances, stages, players for the target and the match,
     spectrograms, the preset to download), failed (its error) or pending. The target is
-    linked by relative path when browsers play its format, else embedded as a 16-bit wav of
-    its first :data:`EMBED_MAX_S` seconds. Call it again after each sound to keep the page current.
+    linked by relative path when browsers play its format, else by its preview (a 16-bit wav
+    of its first :data:`PREVIEW_MAX_S` seconds beside the preset, written once). Call it again
+    after each sound to keep the page current.
     """
     from proxies.files import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        if _needs_preview(item, out):
+            _write_preview(item)
     path = out / INDEX_NAME
     atomic_write_bytes(path, gallery_html(out, items, title, synth_name, in_dir).encode("utf-8"))
     return path

@@ -122,12 +122,17 @@ def model_config(opts: Options) -> dict:
     return json.loads((shipped_dir(opts.synth) / CONFIG).read_text())
 
 
-def options_synth(opts: Options):
-    """The synth of the model ``opts`` names (no JAX)."""
+def _synth_of_config(config: dict):
+    """The synth a model config (as dicts) was trained on (no JAX)."""
     from proxies.synth import get_synth
 
-    data = model_config(opts).get("data", {})
+    data = config.get("data", {})
     return get_synth(data.get("synth", "amsynth"), data.get("spec") or None)
+
+
+def options_synth(opts: Options):
+    """The synth of the model ``opts`` names (no JAX; reads its config: call it once per run)."""
+    return _synth_of_config(model_config(opts))
 
 
 def load_model(opts: Options):
@@ -194,13 +199,26 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         raise _err("--synth", "the synth to match with (its shipped model), or --run runs/<name>", "neither",
                    f"e.g. --synth {(available() or ['amsynth'])[0]}")
     run = check_run_dir(a.run, a.checkpoint) if a.run is not None else None
-    probe = Options(target, run, Path(a.out), "auto", 0, 0, 0.3, 1, None, 0, "x", a.checkpoint, synth=a.synth or "")
-    try:
-        synth = options_synth(probe)
-    except ShippedModelError as e:
-        raise _err("--synth", "a synth with a shipped model", repr(a.synth), str(e)) from None
-    except Exception as e:  # noqa: BLE001  (an unknown synth name: SynthNotFoundError and kin)
-        raise _err("--synth", "a registered synth with a shipped model", repr(a.synth), str(e)) from None
+    if run is not None:
+        config = read_run_config(run)
+        try:
+            synth = _synth_of_config(config)
+        except Exception as e:  # noqa: BLE001  (a synth this install cannot load: SynthNotFoundError and kin)
+            data = config.get("data", {})
+            named = f"data.synth = {data.get('synth', 'amsynth')!r}" + \
+                (f" (data.spec = {data['spec']!r})" if data.get("spec") else "")
+            raise _err("--run", "a run trained on a synth this install can load",
+                       f"{named} in {run / 'config.json'} ({e})",
+                       "install that synth (a vst: synth needs its plugin and probed spec: python -m proxies.probe), "
+                       "or pass --run with a run trained on a registered synth") from None
+    else:
+        probe = Options(target, None, Path(a.out), "auto", 0, 0, 0.3, 1, None, 0, "x", a.checkpoint, synth=a.synth)
+        try:
+            synth = options_synth(probe)
+        except ShippedModelError as e:
+            raise _err("--synth", "a synth with a shipped model", repr(a.synth), str(e)) from None
+        except Exception as e:  # noqa: BLE001  (an unknown synth name: SynthNotFoundError and kin)
+            raise _err("--synth", "a registered synth with a shipped model", repr(a.synth), str(e)) from None
     suffix = synth.presets.write_suffix
     out = Path(a.out)
     if target.is_dir():
@@ -271,6 +289,7 @@ class MatchResult:
     proxy_audio: np.ndarray | None
     sample_rate: int
     timing: dict[str, float]
+    synth: Any = None  # the synth matched with (None: the one ``opts`` names)
 
 
 def _metrics(audio: np.ndarray, target: np.ndarray, sample_rate: int) -> dict[str, float]:
@@ -293,8 +312,8 @@ def cache_root() -> Path:
 
 
 def _candidates(opts: Options, synth: Any, predictor: Any, target: Target, plan: Quality,
-                say: Callable[[str], None], timing: dict[str, float]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(candidates [K, n_params], where each came from, the model's one preset [n_params])."""
+                say: Callable[[str], None], timing: dict[str, float]) -> tuple[np.ndarray, list[str]]:
+    """(candidates [K, n_params], where each came from); row 0 is the model's one preset."""
     data = predictor.cfg.data
     t0 = time.perf_counter()
     outs = predictor.outputs(target.model_input[None], target.model_note, data.velocity)
@@ -314,17 +333,18 @@ def _candidates(opts: Options, synth: Any, predictor: Any, target: Target, plan:
         cands = np.concatenate([cands, corpus.normalized[idx]])
         sources += [f"human preset {corpus.names[i]!r}" for i in idx]
         timing["corpus_s"] = time.perf_counter() - t0
-    return cands, sources, cands[0]
+    return cands, sources
 
 
 def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any = None,
-              outs: OutputSet | None = None) -> MatchResult:
+              outs: OutputSet | None = None, synth: Any = None) -> MatchResult:
     """Everything after the option checks for one sound. The preset files go into ``outs``
-    (committed with the other outputs; without one they are written at once)."""
+    (committed with the other outputs; without one they are written at once). ``predictor`` and
+    ``synth``: the model's and its synth, when the caller has them (a folder: loaded once)."""
     from training.config import from_dict
 
     t_all = time.perf_counter()
-    cfg = from_dict(model_config(opts))
+    cfg = predictor.cfg if predictor is not None else from_dict(model_config(opts))
     data = cfg.data
     target = prepare_whole_target(opts.target, data, opts.note, opts.hold, say, opts.max_seconds,
                                   data.note_range)  # bad audio fails here, before JAX loads
@@ -332,7 +352,10 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     judge = dataclasses.replace(data, sample_rate=target.sample_rate, duration_s=target.duration_s,
                                 hold_s=target.hold_s, note=target.note, note_range=(), velocity_range=())
     plan = opts.plan
-    synth = options_synth(opts)
+    if synth is None:
+        from proxies.synth import get_synth
+
+        synth = get_synth(data.synth, data.spec or None)
     has_proxy = synth.proxy is not None
     timing: dict[str, float] = {"target_s": t_target}
     t0 = time.perf_counter()
@@ -345,14 +368,14 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     from training.search import NoteRenderer, rms_db
 
     sr = target.sample_rate
-    cands, sources, point = _candidates(opts, synth, predictor, target, plan, say, timing)
+    cands, sources = _candidates(opts, synth, predictor, target, plan, say, timing)
     stages: list[Stage] = []
     floor_db = float(rms_db(target.audio[None])[0]) - QUIET_DB  # quieter candidates are not kept
 
     # -- rank every candidate through the proxy over the whole sound
     order = np.arange(len(cands))
     proxy_d = np.full(len(cands), np.nan)
-    refiner, res = None, None
+    refiner = None
     if has_proxy:
         from training.proxy_search import best_of_k
 
@@ -367,8 +390,6 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
     # -- the real synth judges the best few
     picks = list(dict.fromkeys(int(i) for i in order[:max(plan.plugin_picks, 1)]))
     fast = opts.quality == "fast" and plan.refine_steps == 0 and plan.search_renders == 0
-    rows = ([] if fast else [0]) + picks  # the model's one preset: what the later stages bought
-    rows = list(dict.fromkeys(rows))
     t0 = time.perf_counter()
     with NoteRenderer(judge, opts.workers, log=say) as renderer:
         timing["engine_start_s"] = time.perf_counter() - t0
@@ -377,13 +398,14 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
             return renderer.render_at(normalized, [target.note] * len(normalized))
 
         if fast:  # one real render: the written preset's
-            final = _final_stage(opts, render, cands[order[0]], target, floor_db, outs, say)
+            final = _final_stage(opts, synth, render, cands[order[0]], target, floor_db, outs, say)
             stages.append(Stage("best_of_k", final.normalized, final.audio, dict(final.metrics), 1,
                                 timing.get("rank_s", 0.0), True,
                                 {"candidates": len(cands), "proxy_distances": proxy_d.tolist(), "sources": sources,
                                  "picked": sources[int(order[0])], "judged_by": "proxy"}))
             timing["total_s"] = time.perf_counter() - t_all
-            return MatchResult(target, stages, final, None, sr, timing)
+            return MatchResult(target, stages, final, None, sr, timing, synth)
+        rows = list(dict.fromkeys([0] + picks))  # the model's one preset: what the later stages bought
         t0 = time.perf_counter()
         batch = cands[rows]
         say(f"rendering the {len(batch)} best-ranked candidate(s) through the real {synth.name} over the whole sound")
@@ -424,9 +446,7 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
                                 {**extra, "candidate_mss": scores[j]["mss"] if scores[j] else None,
                                  "judged_by": "real synth"}))
 
-        if not fast:
-            stage("model", [0], 1, timing.get("model_s", 0.0), {"source": sources[0],
-                                                                 "proxy_distance": float(proxy_d[0])})
+        stage("model", [0], 1, timing.get("model_s", 0.0), {"source": sources[0], "proxy_distance": float(proxy_d[0])})
         pick_js = [rows.index(i) for i in picks]
         stage("best_of_k", pick_js, len(picks), timing.get("rank_s", 0.0) + timing.get("corpus_s", 0.0),
               {"candidates": len(cands), "proxy_distances": proxy_d.tolist(), "sources": sources,
@@ -474,7 +494,7 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
             best = st
             timing["search_s"] = sres.seconds
 
-        final = _final_stage(opts, render, best.normalized, target, floor_db, outs, say)
+        final = _final_stage(opts, synth, render, best.normalized, target, floor_db, outs, say)
         final_n = final.normalized
 
     proxy_audio = None
@@ -486,15 +506,15 @@ def run_match(opts: Options, say: Callable[[str], None] = print, predictor: Any 
         except Exception as e:  # the figure must not cost the user the preset
             say(f"warning: no proxy render for the figure ({type(e).__name__}: {e})")
     timing["total_s"] = time.perf_counter() - t_all
-    return MatchResult(target, stages, final, proxy_audio, sr, timing)
+    return MatchResult(target, stages, final, proxy_audio, sr, timing, synth)
 
 
-def _final_stage(opts: Options, render: Callable, normalized: np.ndarray, target: Target, floor_db: float,
-                 outs: OutputSet | None, say: Callable[[str], None]) -> Stage:
+def _final_stage(opts: Options, synth: Any, render: Callable, normalized: np.ndarray, target: Target,
+                 floor_db: float, outs: OutputSet | None, say: Callable[[str], None]) -> Stage:
     """Write the preset, read it back and render it: the audio we report is that of the file."""
     from training.search import rms_db
 
-    final_n = _write_preset(opts, normalized, outs)
+    final_n = _write_preset(opts, synth, normalized, outs)
     audio, ok = render(final_n[None])
     if not ok[0]:
         raise RuntimeError("the real synth failed to render the written preset twice; see the worker log above")
@@ -508,11 +528,11 @@ def _final_stage(opts: Options, render: Callable, normalized: np.ndarray, target
     return final
 
 
-def _write_preset(opts: Options, normalized: np.ndarray, outs: OutputSet | None = None) -> np.ndarray:
-    """Write the synth's preset files for PATCH (e.g. PATCH.amSynth and PATCH.fxp) into the
+def _write_preset(opts: Options, synth: Any, normalized: np.ndarray, outs: OutputSet | None = None) -> np.ndarray:
+    """Write ``synth``'s preset files for PATCH (e.g. PATCH.amSynth and PATCH.fxp) into the
     output set ``outs`` (a temporary folder beside PATCH until the set is committed); return the
     normalized values read back from the written primary file (what the synth will load)."""
-    presets = options_synth(opts).presets
+    presets = synth.presets
     own = outs is None
     outs = OutputSet() if own else outs
     try:
@@ -554,7 +574,7 @@ def write_outputs(opts: Options, result: MatchResult, outs: OutputSet | None = N
              result.target.audio)]
     if result.proxy_audio is not None:
         rows.append(("proxy render of the preset", result.proxy_audio))
-    synth = options_synth(opts)
+    synth = result.synth if result.synth is not None else options_synth(opts)
     rows.append((f"real {synth.name} render (mss {result.final.metrics['mss']:.3f})", result.final.audio))
     outs.write_bytes(paths["png"], spectrogram_png(rows, sr, title=f"{opts.target.name} -> {opts.out.name}, "
                                                                   f"note {result.target.note}"))
@@ -612,10 +632,11 @@ def format_stages(result: MatchResult) -> str:
     return "\n".join(lines)
 
 
-def match_one(opts: Options, predictor: Any = None, say: Callable[[str], None] = print) -> tuple[MatchResult, dict]:
+def match_one(opts: Options, predictor: Any = None, say: Callable[[str], None] = print,
+              synth: Any = None) -> tuple[MatchResult, dict]:
     """Match one sound and write its files as one set (a failure leaves a previous set as it was)."""
     with OutputSet() as outs:
-        result = run_match(opts, say=say, predictor=predictor, outs=outs)
+        result = run_match(opts, say=say, predictor=predictor, outs=outs, synth=synth)
         paths = write_outputs(opts, result, outs)
     return result, paths
 
@@ -635,7 +656,10 @@ def match_folder(opts: Options, say: Callable[[str], None] = print) -> dict[str,
     todo = [k for k, it in enumerate(items) if not it.done]
     say(f"{len(items)} sound(s) in {opts.target}: {len(items) - len(todo)} already matched, {len(todo)} to match "
         f"(quality {opts.quality})")
-    predictor = None
+    predictor, page = None, None
+    if todo:  # once for the folder, outside the per-sound errors: a damaged model stops here with its fix
+        enable_compilation_cache()
+        predictor = load_model(opts)
     title = f"{opts.target.name or opts.target} matched with {synth.name}"
     bar = tqdm(todo, unit="sound", desc="match folder", dynamic_ncols=True)
     for k in bar:
@@ -644,19 +668,17 @@ def match_folder(opts: Options, say: Callable[[str], None] = print) -> dict[str,
         one = dataclasses.replace(opts, target=it.source, out=it.preset, name=it.source.stem, preset_files=[])
         it.preset.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if predictor is None:
-                enable_compilation_cache()
-                predictor = load_model(opts)
-            result, _ = match_one(one, predictor, say=lambda m: bar.write(f"  {it.source.name}: {m}"))
+            result, _ = match_one(one, predictor, say=lambda m: bar.write(f"  {it.source.name}: {m}"), synth=synth)
             items[k] = item_status(it.source, it.preset)
             bar.write(f"{it.source.name}: mss {result.final.metrics['mss']:.3f} in {result.timing['total_s']:.1f} s")
         except (MatchError, RuntimeError, OSError) as e:
             items[k] = record_failure(it, str(e))
             bar.write(f"{it.source.name}: failed: {e}")
-        write_gallery(opts.out, items, title, synth.name, in_dir=opts.target)
+        page = write_gallery(opts.out, items, title, synth.name, in_dir=opts.target)  # current after each sound
     bar.close()
-    page = write_gallery(opts.out, items, title, synth.name, in_dir=opts.target)
-    summary = summarise_folder(items)
+    if page is None:  # nothing was left to match
+        page = write_gallery(opts.out, items, title, synth.name, in_dir=opts.target)
+    summary = summarise_folder(items)  # from the reports the items hold: none read again
     say(summary_line(summary))
     say(f"wrote {page}")
     return summary
