@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-brute-force", action="store_true")
     a = p.parse_args(argv)
 
+    from proxies.files import atomic_write_bytes, atomic_write_json
     from training.corpus import best_in_corpus_by_mss, corpus_renders
-    from training.match import Options, load_model, match_one, model_config
+    from training.data import synth_of
+    from training.match import QUALITIES, Options, load_model, match_one
     from training.recordings import RECORDINGS, copy_recordings
     from training.gallery import item_status, write_gallery
     from training.targets import prepare_whole_target
@@ -50,28 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     names = a.names or [r.name for r in RECORDINGS]
     paths = copy_recordings(targets, names)
     recs = {r.name: r for r in RECORDINGS}
-    base = Options(target=paths[0], run=Path(a.run) if a.run else None, out=out / "x.amSynth", note="auto",
-                   refine_steps=0, search_renders=0, refine_lr=0.3, snapshots=4, workers=None, seed=0, name="x",
-                   which="best", synth="" if a.run else a.synth, quality=a.quality)
-    from training.match import QUALITIES
-
     q = QUALITIES[a.quality]
-    base = dataclasses.replace(base, refine_steps=q.refine_steps, search_renders=q.search_renders,
-                               snapshots=q.snapshots)
+    base = Options(target=paths[0], run=Path(a.run) if a.run else None, out=out / "x.preset", note="auto",
+                   refine_steps=q.refine_steps, search_renders=q.search_renders, refine_lr=0.3,
+                   snapshots=q.snapshots, workers=None, seed=0, name="x", which="best",
+                   synth="" if a.run else a.synth, quality=a.quality)
     t0 = time.perf_counter()
     predictor = load_model(base)
     load_s = time.perf_counter() - t0
     velocity = predictor.cfg.data.velocity
-    from proxies.synth import get_synth
-
-    synth = get_synth(model_config(base)["data"]["synth"])
+    synth = synth_of(predictor.cfg.data)
     suffix = synth.presets.write_suffix
     rows: list[dict] = []
+    judged: dict[str, np.ndarray] = {}  # each sound as the match judged it (the brute force scores the same audio)
     if a.passes == 0:
         for path in paths:
             rec = recs[path.stem]
             tg = prepare_whole_target(path, predictor.cfg.data, "auto" if rec.auto_note else rec.midi, None,
                                       say=lambda m: None, note_range=predictor.cfg.data.note_range)
+            judged[path.stem] = tg.audio
             rows.append({"name": path.stem, "instrument": rec.instrument, "kind": rec.kind, "note": tg.note,
                          "sample_rate": tg.sample_rate, "duration_s": tg.duration_s, "hold_s": tg.hold_s})
     for passno in range(a.passes):
@@ -88,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"name": path.stem, "instrument": rec.instrument, "kind": rec.kind}
                 rows.append(row)
             tg = result.target
+            judged[path.stem] = tg.audio
             row.update({"note": tg.note, "sample_rate": tg.sample_rate, "duration_s": tg.duration_s,
                         "hold_s": tg.hold_s, "hold_source": tg.hold_source,
                         "match_mss": result.final.metrics["mss"],
@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[pass {passno + 1}] {path.stem}: mss {row['match_mss']:.3f} in {wall:.1f} s "
                   f"(note {tg.note}, {tg.duration_s:g} s at {tg.sample_rate} Hz, hold {tg.hold_s:.2f} s)", flush=True)
     cached = out / "factory_best.json"
-    known = {r["name"]: r for r in json.loads(cached.read_text())} if cached.is_file() else {}
+    try:
+        known = {r["name"]: r for r in json.loads(cached.read_text())} if cached.is_file() else {}
+    except (ValueError, TypeError, KeyError) as e:
+        print(f"{cached} is unreadable ({e}): the brute force runs again", flush=True)
+        known = {}
     if not a.no_brute_force:
         for row in rows:
             k = known.get(row["name"])
@@ -108,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             corpus = corpus_renders(synth.name, row["note"], velocity, row["sample_rate"], row["duration_s"],
                                     row["hold_s"], cache_dir=str(out / "corpus"), progress=True)
-            tg = prepare_whole_target(targets / f"{row['name']}.wav", predictor.cfg.data,
-                                      row["note"], row["hold_s"], say=lambda m: None,
-                                      note_range=predictor.cfg.data.note_range)
-            best, mss = best_in_corpus_by_mss(corpus, tg.audio, row["sample_rate"])
+            best, mss = best_in_corpus_by_mss(corpus, judged[row["name"]], row["sample_rate"])
             row.update({"factory_best_mss": float(mss[best]), "factory_best": corpus.names[best],
                         "factory_median_mss": float(np.median(mss)), "brute_force_renders": len(mss),
                         "brute_force_s": time.perf_counter() - t,
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             corpus.path.unlink(missing_ok=True)  # ~2 GB per sound at 44.1 kHz: scored once, not kept
             known[row["name"]] = {f: row[f] for f in row if f in ("name", "note", "sample_rate", "duration_s",
                                                                   "hold_s") or f.startswith(("factory_", "brute"))}
-            cached.write_text(json.dumps(list(known.values()), indent=1) + "\n")
+            atomic_write_json(cached, list(known.values()))
     if a.passes == 0:
         print(json.dumps(rows, indent=1, default=float))
         return 0
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                        for r in rows)
         summary["beats_factory_best"] = sum(r["beats_factory_best"] for r in rows)
     result = {"summary": summary, "sounds": rows}
-    (out / "real_sounds.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    atomic_write_json(out / "real_sounds.json", result, default=float)
     lines = ["| sound | kind | note | judged | match mss | best factory preset (brute force) | seconds cold / warm |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['name']} | {r['kind']} | {r['note']} | {r['duration_s']:g} s, {r['sample_rate']} Hz, "
                      f"off {r['hold_s']:.2f} s | {r['match_mss']:.3f} | {fb} | {r['seconds_pass1']:.1f} / "
                      f"{r.get('seconds_pass2', float('nan')):.1f} |")
-    (out / "real_sounds.md").write_text("\n".join(lines) + "\n\n" + json.dumps(summary, indent=1) + "\n")
+    atomic_write_bytes(out / "real_sounds.md", ("\n".join(lines) + "\n\n" + json.dumps(summary, indent=1) + "\n").encode())
     print("\n".join(lines))
     print(json.dumps(summary, indent=1))
     return 0

@@ -41,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-for f in "$AMSYNTH_VST" "$HEXTER_VOICES" "$NEKOBI_VST"; do
+for f in "$AMSYNTH_VST" "$HEXTER_VOICES" "$NEKOBI_VST" "$SONIC_PI_SAMPLE"; do
   [ -f "$f" ] || { echo "[setup] $f still missing after installing the Debian packages" >&2; exit 1; }
 done
 
@@ -62,4 +62,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test,ray]"
   echo "$want" > "$stamp"
 fi
-echo "[setup] ready: amsynth at $AMSYNTH_VST, hexter voices, Nekobi/Kars, dexed-py and the Python env in .venv/"
+echo "[setup] ready: amsynth at $AMSYNTH_VST, hexter voices, Nekobi/Kars, the CC0 Sonic Pi recordings, dexed-py and the Python env in .venv/"

@@ -18,12 +18,12 @@ def _short_config(tmp_path: Path):
         f"data.cache_dir={tmp_path / 'data'}", "data.duration_s=0.25", "data.hold_s=0.15", "data.workers=1"])
 
 
-def test_draw_choices_follows_the_probabilities():
-    from training.proxy_search import _draw_choices
+def test_sampled_choices_follow_the_probabilities():
+    from training.heads import sample_choices
 
     rng = np.random.default_rng(0)
     probs = np.tile(np.asarray([[0.1, 0.0, 0.6, 0.3]]), (20000, 1))
-    counts = np.bincount(_draw_choices(rng, probs), minlength=4) / len(probs)
+    counts = np.bincount(sample_choices(rng, probs), minlength=4) / len(probs)
     np.testing.assert_allclose(counts, probs[0], atol=0.01)
     assert counts[1] == 0.0
 

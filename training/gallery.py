@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from training.cli import _err
-from training.report import _CSS, _e, _fmt, _seconds, wav_bytes
+from training.report import _CSS, _e, _fmt, _seconds, audio_player, wav_bytes
 from training.targets import AUDIO_SUFFIXES
 
 #: the page written into the output folder
@@ -288,11 +288,6 @@ def _target_src(item: FolderItem, out_dir: Path) -> str | None:
     return _href(_preview(item), out_dir) if _preview(item).is_file() else None
 
 
-def _player(label: str, src: str | None) -> str:
-    body = f"<audio controls preload='none' src='{_e(src)}'></audio>" if src else "<span class='nogain'>–</span>"
-    return f"<figure><figcaption>{_e(label)}</figcaption>{body}</figure>"
-
-
 def stage_lines(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each stage of a report with what it bought: ``{"name", "before", "after", "seconds",
     "renders", "improved"}`` (``before``: the previous stage's MSS; None for the first)."""
@@ -352,9 +347,9 @@ def _row(k: int, item: FolderItem, out_dir: Path, in_dir: Path) -> str:
               f"<td class='num'>{_e(_fmt(_number(fin.get('logmel_l1'))))}</td>",
               f"<td class='num'>{_e(_seconds(_total_s(rep)))}</td>",
               f"<td>{_stages_html(rep) if item.done and rep else '–'}</td>"]
-    players = _player("target", _target_src(item, out_dir))
+    players = audio_player("target", _target_src(item, out_dir))
     if item.done:
-        players += _player("match (synth render)", _href(item.wav, out_dir))
+        players += audio_player("match (synth render)", _href(item.wav, out_dir))
     cells.append(f"<td>{players}</td>")
     if item.done and item.png.is_file() and (h := _href(item.png, out_dir)):
         cells.append(f"<td><a href='{_e(h)}'><img loading='lazy' src='{_e(h)}' "

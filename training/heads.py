@@ -273,7 +273,7 @@ def onehot_prediction(layout: HeadLayout, normalized: Any, confidence: float = 3
 
 
 # ---------------------------------------------------------------------- many answers -> candidates
-def _sample_choices(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+def sample_choices(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     """One index per row of ``probs`` [..., k] (inverse-CDF sampling)."""
     cdf = np.cumsum(probs, axis=-1)
     u = rng.random(probs.shape[:-1] + (1,)) * cdf[..., -1:]
@@ -305,18 +305,18 @@ def candidate_presets(layout: HeadLayout, prediction: Mapping[str, Any], k: int,
     choice = np.stack([np.repeat(p.argmax(-1)[:, None], k, axis=1) for p in probs], axis=-1) if probs else         np.zeros((b, k, 0), np.int64)
     if k > 1:
         if probs:
-            choice[:, 1:] = np.stack([_sample_choices(rng, np.repeat(p[:, None], k - 1, axis=1)) for p in probs],
+            choice[:, 1:] = np.stack([sample_choices(rng, np.repeat(p[:, None], k - 1, axis=1)) for p in probs],
                                      axis=-1)
         if "bins" in prediction:
             pb = _softmax(prediction["bins"])  # [B, nc, n_bins]
             n_bins = pb.shape[-1]
-            drawn = _sample_choices(rng, np.repeat(pb[:, None], k - 1, axis=1))  # [B, k-1, nc]
+            drawn = sample_choices(rng, np.repeat(pb[:, None], k - 1, axis=1))  # [B, k-1, nc]
             jitter = (rng.random(drawn.shape) - 0.5) / (n_bins - 1)
             cont[:, 1:] = np.clip(np.asarray(bin_centers(n_bins, np))[drawn] + jitter, 0.0, 1.0)
         elif "flow_continuous" in prediction:
             cont[:, 1:] = np.clip(np.asarray(prediction["flow_continuous"], np.float64)[:, :k - 1], 0.0, 1.0)
             if probs:
-                choice[:, 1:] = np.stack([_sample_choices(rng, _softmax(np.asarray(l)[:, :k - 1]))
+                choice[:, 1:] = np.stack([sample_choices(rng, _softmax(np.asarray(l)[:, :k - 1]))
                                           for l in prediction["flow_logits"]], axis=-1)
         elif "hyp_score" in prediction:
             order = np.argsort(-np.asarray(prediction["hyp_score"]), axis=-1, kind="stable")  # [B, K]

@@ -33,14 +33,15 @@ def make_proxy_render(data: DataConfig) -> Callable[..., jax.Array]:
     """The synth's proxy, rendering ``data``'s length and note-off; pitch and velocity default to
     ``data.note`` / ``data.velocity`` (pass ``[B]`` arrays to play other notes)."""
     base = _proxy_render(canonical_note(data))
-    note, velocity = int(data.note), int(data.velocity)
+    default_note, default_velocity = int(data.note), int(data.velocity)
 
     def render_fn(normalized: jax.Array, probs: dict[str, jax.Array] | None, key: jax.Array,
-                  pitch: jax.Array | None = None, velocity_: jax.Array | None = None) -> jax.Array:
+                  pitch: jax.Array | None = None, velocity: jax.Array | None = None) -> jax.Array:
         b = normalized.shape[0]
-        p = jnp.full((b,), note, jnp.int32) if pitch is None else jnp.broadcast_to(jnp.asarray(pitch, jnp.int32), (b,))
-        v = jnp.full((b,), velocity, jnp.int32) if velocity_ is None else \
-            jnp.broadcast_to(jnp.asarray(velocity_, jnp.int32), (b,))
+        p = jnp.full((b,), default_note, jnp.int32) if pitch is None else \
+            jnp.broadcast_to(jnp.asarray(pitch, jnp.int32), (b,))
+        v = jnp.full((b,), default_velocity, jnp.int32) if velocity is None else \
+            jnp.broadcast_to(jnp.asarray(velocity, jnp.int32), (b,))
         return base(normalized, p, v, probs, key)
 
     return render_fn

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from training.config import DataConfig
-from training.heads import HeadLayout
+from training.heads import HeadLayout, sample_choices
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,6 @@ def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndar
         bar.update(n)
     bar.close()
     return out
-
-
-def _draw_choices(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
-    """One choice index [N] per row of ``probs`` [N, k] (inverse-CDF sampling)."""
-    cdf = np.cumsum(probs, axis=1)
-    u = rng.random(len(probs))[:, None] * cdf[:, -1:]
-    return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1)
 
 
 @dataclass(frozen=True)
@@ -179,7 +172,7 @@ def proxy_search(data: DataConfig, layout: HeadLayout, start: np.ndarray, probs:
             cand[:, cont] = np.where(change[:, :len(cont)], moved, cand[:, cont])
         for j, (i, k) in enumerate(zip(cat, layout.n_choices)):
             redraw = change[:, len(cont) + j]
-            drawn = _draw_choices(rng, np.asarray(probs[j], np.float64)[rows])
+            drawn = sample_choices(rng, np.asarray(probs[j], np.float64)[rows])
             cand[redraw, i] = drawn[redraw] / (k - 1)
         cand = np.asarray(spec.snap_normalized(cand), np.float64)
         d = proxy_distances(data, cand, target_audio[rows], seed + r + 1, batch_size,

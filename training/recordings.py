@@ -21,7 +21,6 @@ checks them again):
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,16 +166,14 @@ def copy_recordings(dest_dir: str | os.PathLike, names: list[str] | None = None)
 
     Each file is written atomically, and only when its bytes would change: a second call
     rewrites nothing."""
-    import soundfile as sf
+    from training.report import wav_bytes
 
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for r in RECORDINGS if names is None else [recording(n) for n in names]:
         audio, sample_rate = load_recording(r.name)
-        buf = io.BytesIO()
-        sf.write(buf, audio.T, sample_rate, format="WAV", subtype="PCM_16")
-        data = buf.getvalue()
+        data = wav_bytes(audio, sample_rate)
         path = dest / f"{r.name}.wav"
         try:
             same = path.read_bytes() == data

@@ -86,6 +86,12 @@ def spectrogram_png(rows: Sequence[tuple[str, np.ndarray]], sample_rate: int, ti
     return buf.getvalue()
 
 
+def audio_player(label: str, src: str | None) -> str:
+    """A captioned audio player for ``src`` (a URL or a ``data:`` URI; None: a dash)."""
+    body = f"<audio controls preload='none' src='{_e(src)}'></audio>" if src else "<span class='nogain'>–</span>"
+    return f"<figure><figcaption>{_e(label)}</figcaption>{body}</figure>"
+
+
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """16-bit PCM wav bytes of ``audio`` [channels, T] or [T] (clipped to [-1, 1])."""
     import soundfile as sf
@@ -331,9 +337,7 @@ def html_report(result: Mapping[str, Any], examples: Sequence[Example] = (), aud
             if k < audio_examples:
                 out.append("<div class='players'>")
                 for label, a in [("target", ex.target)] + list(ex.renders.items()):
-                    uri = data_uri(wav_bytes(a, ex.sample_rate), "audio/wav")
-                    out.append(f"<figure><figcaption>{_e(label)}</figcaption>"
-                               f"<audio controls preload='none' src='{uri}'></audio></figure>")
+                    out.append(audio_player(label, data_uri(wav_bytes(a, ex.sample_rate), "audio/wav")))
                 out.append("</div>")
             out.append("</div>")
     settings = _settings_lines(result)

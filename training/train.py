@@ -77,7 +77,7 @@ def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights
         k = min(loss_cfg.spectral_batch_size or batch["audio"].shape[0], batch["audio"].shape[0])
         head = jax.tree.map(lambda x: x[:k], prediction)
         pitch, velocity = batch["pitch"][:k], batch["velocity"][:k]
-        note_render = functools.partial(_render_at, render_fn, pitch, velocity)
+        note_render = functools.partial(render_fn, pitch=pitch, velocity=velocity)  # each sound at its own note
         ls, aux_s = spectral_loss(head, batch["audio"][:k], layout, note_render, distance_fn, key,
                                   balance_strength=weights[1] if loss_cfg.balance_spectral_grads else None,
                                   straight_through=loss_cfg.categorical_relaxation == "straight_through",
@@ -96,12 +96,6 @@ def _flow_fns(state: TrainState, params: Any, prediction: dict[str, Any], key: j
     bound = functools.partial(state.apply_fn, {"params": params})
     return FlowFns(velocity=lambda *a: bound(*a, method=flow_method("velocity")),
                    decode=lambda *a: bound(*a, method=flow_method("decode")), key=key)
-
-
-def _render_at(render_fn: Callable, pitch: jax.Array, velocity: jax.Array, normalized: jax.Array, probs: Any,
-               key: jax.Array) -> jax.Array:
-    """``render_fn`` playing each sound's own note (pitch and velocity [B])."""
-    return render_fn(normalized, probs, key, pitch, velocity)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], weights: jax.Array, key: jax.Array,
