@@ -9,8 +9,11 @@ Shapes (random presets from the sampling prior, one note: 60, velocity 100):
 
 Per shape:
 
-* ``fwd``: ``jax.jit(calibration.render_normalized)`` (calibration + render, exact mode, float32);
-* ``grad``: value and gradient of the batch-mean multi-resolution STFT distance
+* ``fwd``: ``jax.jit(calibration.render_normalized)`` (calibration + render, exact mode, float32),
+  the rows split over the local devices (:func:`diffsynth.parallel.batch_parallel`; on CPU
+  :mod:`diffsynth.runtime` makes one device per core, as the plugin's pool has one process per
+  core); ``fwd_one_device``: the same on one device (with several devices only);
+* ``grad`` (and ``grad_one_device``): value and gradient of the batch-mean multi-resolution STFT distance
   (``diffsynth.losses.multi_resolution_stft_loss``, FFT 64..2048) of the rendered batch to a
   target batch, w.r.t. the normalized inputs (what a spectral training step costs);
 * ``plugin``: :class:`proxies.host.RenderPool` with ``--workers`` processes and the host's
@@ -146,6 +149,7 @@ def run_shape(name: str, shape: dict, args, pool_cls, note_cls) -> dict:
     import jax.numpy as jnp
 
     from diffsynth.losses import loss_against, multi_resolution_stft_loss, precompute_target
+    from diffsynth.parallel import batch_parallel
     from proxies.amsynth import calibration as cal
     from proxies.amsynth.spec import AMSYNTH
 
@@ -157,13 +161,21 @@ def run_shape(name: str, shape: dict, args, pool_cls, note_cls) -> dict:
 
     # TODO(render signature): the amsynth proxy's render gains traced pitch/velocity arrays; this
     # call renders the config's note and velocity.
-    fwd = jax.jit(cal.render_normalized, static_argnums=1)
+    def render(x):
+        return cal.render_normalized(x, config)
 
-    def loss(x):
-        return jnp.mean(multi_resolution_stft_loss(cal.render_normalized(x, config), target))
+    def distances(x, t):
+        return multi_resolution_stft_loss(render(x), t)
 
-    grad = jax.jit(jax.value_and_grad(loss))
-    timed = {"fwd": lambda: jax.block_until_ready(fwd(n, config)), "grad": lambda: jax.block_until_ready(grad(n))}
+    # the rows split over the local devices (diffsynth.parallel; on CPU one per core), and on one device
+    fwd = jax.jit(batch_parallel(render, (True,)))
+    grad = jax.jit(jax.value_and_grad(lambda x: jnp.mean(batch_parallel(distances, (True, True))(x, target))))
+    fwd_one = jax.jit(render)
+    grad_one = jax.jit(jax.value_and_grad(lambda x: jnp.mean(distances(x, target))))
+    timed = {"fwd": lambda: jax.block_until_ready(fwd(n)), "grad": lambda: jax.block_until_ready(grad(n))}
+    if len(jax.local_devices()) > 1:
+        timed.update(fwd_one_device=lambda: jax.block_until_ready(fwd_one(n)),
+                     grad_one_device=lambda: jax.block_until_ready(grad_one(n)))
     if args.precomputed_target:  # the target's spectra once (a search / matching loop), not per call
         spectra = jax.jit(precompute_target)(target)
 
@@ -199,10 +211,14 @@ def run_shape(name: str, shape: dict, args, pool_cls, note_cls) -> dict:
         f"{name}_grad_compile_s": first["grad"] - med["grad"],
         f"{name}_shape": dict(shape),
     }
+    for k in ("fwd", "grad"):
+        if f"{k}_one_device" in med:
+            res[f"{name}_{k}_one_device_vs_plugin"] = med["plugin"] / med[f"{k}_one_device"]
     if "grad_pretarget" in med:
         res[f"{name}_grad_pretarget_vs_plugin"] = med["plugin"] / med["grad_pretarget"]
         res[f"{name}_grad_pretarget_s"] = med["grad_pretarget"]
-    for k in ("fwd_xrt", "grad_xrt", "plugin_xrt", "fwd_vs_plugin", "grad_vs_plugin", "grad_pretarget_vs_plugin",
+    for k in ("fwd_xrt", "grad_xrt", "plugin_xrt", "fwd_vs_plugin", "grad_vs_plugin", "fwd_one_device_vs_plugin",
+              "grad_one_device_vs_plugin", "grad_pretarget_vs_plugin",
               "fwd_compile_s", "grad_compile_s"):
         if f"{name}_{k}" in res:
             print(f"{name}_{k:24s} {res[f'{name}_{k}']:10.2f}", flush=True)
@@ -255,6 +271,7 @@ def main(argv=None) -> int:
         "jax_version": jax.__version__,
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
+        "proxy_devices": len(jax.local_devices()),
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "machine": platform.platform(),

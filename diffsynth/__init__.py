@@ -7,11 +7,12 @@ proxies (``proxies/``) compose these blocks; nothing here knows about a synth.
 Modules: :mod:`~diffsynth.oscillators`, :mod:`~diffsynth.envelopes`,
 :mod:`~diffsynth.modulation`, :mod:`~diffsynth.effects`, :mod:`~diffsynth.control`
 (control-rate block grid, scan and float32-exactness utilities),
-:mod:`~diffsynth.filters`, :mod:`~diffsynth.spectral`, :mod:`~diffsynth.losses`.
+:mod:`~diffsynth.filters`, :mod:`~diffsynth.spectral`, :mod:`~diffsynth.losses`,
+:mod:`~diffsynth.parallel` (a batch's rows over the local devices).
 
 Importing the package applies :func:`diffsynth.runtime.configure_xla` (an XLA:CPU option that
-compiles per-sample loops as one kernel; output unchanged, a user's own ``XLA_FLAGS`` setting
-of it wins; ``DIFFSYNTH_RUNTIME=0`` turns it off). It takes effect if no JAX computation ran
+compiles per-sample loops as one kernel, and one CPU device per core; output unchanged, a user's
+own ``XLA_FLAGS`` setting of either wins; ``DIFFSYNTH_RUNTIME=0`` turns them off). It takes effect if no JAX computation ran
 before the import. Submodules load on first use (``import diffsynth`` alone does not import JAX).
 """
 
@@ -23,8 +24,8 @@ _runtime.configure_xla(warn=False)
 
 # Submodules and their public names load on first use (PEP 562), so that importing the package,
 # e.g. for ``diffsynth.runtime.reexec_with_tunables`` in a CLI, does not import JAX.
-_SUBMODULES = ("control", "effects", "envelopes", "filters", "losses", "modulation", "oscillators", "runtime",
-               "spectral")
+_SUBMODULES = ("control", "effects", "envelopes", "filters", "losses", "modulation", "oscillators", "parallel",
+               "runtime", "spectral")
 _EXPORTS = {
     "control": ("block_lengths", "block_values_at", "blocked_prefix_scan", "hold_per_block", "interpolate_per_block",
                 "n_blocks", "seconds_to_samples", "strict_divide", "strict_round"),
@@ -36,6 +37,7 @@ _EXPORTS = {
                     "polyblep_pulse", "polyblep_saw", "sample_and_hold", "saw_triangle", "sine", "white_noise"),
     "filters": ("FILTER_KINDS", "BiquadCoefficients", "biquad", "biquad_blocks", "biquad_cascade",
                 "biquad_coefficients", "biquad_coefficients_mixture", "biquad_reference", "biquad_scan"),
+    "parallel": ("batch_parallel", "local_mesh"),
     "losses": ("batch_mean", "log_mel_l1", "log_spectral_distance", "mfcc_l1", "multi_resolution_stft_loss",
                "snr_db", "spectral_convergence", "STFTTarget", "precompute_target", "loss_against"),
     "spectral": ("dct_matrix", "log_mel_spectrogram", "magnitude_spectrogram", "mel_filterbank", "mel_spectrogram",

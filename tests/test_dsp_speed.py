@@ -42,14 +42,27 @@ def test_xla_flags_keep_the_users_settings(flags, expected):
     assert runtime.xla_flags_with_option(flags) == expected
     env = {} if flags is None else {"XLA_FLAGS": flags}
     assert runtime.configure_xla(env) is True
-    assert env["XLA_FLAGS"] == (flags if flags and runtime.XLA_OPTION in flags else expected)
-    assert runtime.configure_xla(env) is True and env["XLA_FLAGS"] == runtime.xla_flags_with_option(expected)
+    assert env["XLA_FLAGS"] == runtime.xla_flags_with_devices(flags if flags and runtime.XLA_OPTION in flags
+                                                              else expected)
+    again = env["XLA_FLAGS"]
+    assert runtime.configure_xla(env) is True and env["XLA_FLAGS"] == again  # idempotent
     off = {"DIFFSYNTH_RUNTIME": "0"}
     assert runtime.configure_xla(off) is False and "XLA_FLAGS" not in off
 
 
-def test_this_process_runs_with_the_xla_option():
-    assert runtime.XLA_OPTION in os.environ.get("XLA_FLAGS", "")  # conftest / import diffsynth
+@pytest.mark.parametrize("cores, devices", [(1, 1), (2, 2), (3, 2), (6, 4), (8, 8), (64, 8)])
+def test_one_cpu_device_per_core_as_a_power_of_two(cores, devices):
+    assert runtime.host_device_count(cores) == devices
+    flags = runtime.xla_flags_with_devices("--x=1", cores)
+    assert flags == ("--x=1" if devices == 1 else f"--x=1 {runtime.HOST_DEVICES_FLAG}={devices}")
+    user = f"{runtime.HOST_DEVICES_FLAG}=3"  # the user's count wins
+    assert runtime.xla_flags_with_devices(user, cores) == user
+
+
+def test_this_process_runs_with_the_xla_settings():
+    flags = os.environ.get("XLA_FLAGS", "")  # conftest / import diffsynth
+    assert runtime.XLA_OPTION in flags and runtime.HOST_DEVICES_FLAG in flags or runtime.host_device_count() == 1
+    assert len(jax.local_devices()) == runtime.host_device_count()
 
 
 def _python(code: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """Data-parallel training (jax.sharding): [run] keys, the device/batch checks, and a short fit on two
-(forced host) devices that matches the one-device fit step for step and whose checkpoint resumes
-on one device."""
+(forced host) devices, parameter steps then spectral steps (the proxy's sounds split over the
+devices), that matches the one-device fit step for step and whose checkpoint resumes on one
+device."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def cfg(tmp, name, devices):
         f"run.name={name}", f"run.runs_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'data'}", f"run.devices={devices}",
         "data.n_train=16", "data.n_val=4", "data.n_test=4", "data.shard_size=8", "data.workers=1",
         "data.duration_s=0.25", "data.hold_s=0.15", "features.n_fft=512", "features.hop=128", "features.n_mels=32",
-        "model.channels=[4, 8]", "model.hidden=16", "loss.schedule=param", "loss.fft_sizes=[128, 512]",
+        "model.channels=[4, 8]", "model.hidden=16", "loss.schedule=hybrid", "loss.warmup_steps=3",
+        "loss.ramp_steps=1", "loss.fft_sizes=[128, 512]",
         "optim.batch_size=4", "optim.steps=6", "optim.log_every=1", "optim.eval_every=2",
         "optim.checkpoint_every=3", "optim.lr_warmup_steps=0", "eval.n_random=4", "eval.n_factory=0",
         "eval.val_distance=param", "eval.batch_size=4"])
@@ -80,9 +82,10 @@ def losses(c):
 
 if __name__ == "__main__":
     tmp = Path(sys.argv[1])
-    out = {"devices": len(jax.devices())}
+    out = {"devices": len(jax.devices()), "all_of_3": make_mesh(RunConfig(), 3).size,
+           "all_of_4": make_mesh(RunConfig(), 4).size}
     try:
-        make_mesh(RunConfig(), 3)
+        make_mesh(RunConfig(devices=2), 3)
     except ConfigError as e:
         out["indivisible"] = str(e)
     one = cfg(tmp, "one", 1)
@@ -106,6 +109,7 @@ def test_two_devices_match_one_and_the_checkpoint_resumes_on_one(tmp_path, amsyn
     out = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert out["devices"] == 2
     assert "optim.batch_size: expected a multiple of the 2 devices" in out["indivisible"]
+    assert (out["all_of_3"], out["all_of_4"]) == (1, 2)  # run.devices = 0: as many as split the batch
     assert any("data parallel over 2 devices" in m for m in out["logs"]), out["logs"]
     assert any("resuming" in m and "from step 4" in m for m in out["logs"]), out["logs"]
     one, two = out["one"], out["two"]

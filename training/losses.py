@@ -173,14 +173,18 @@ def _stop_gradient_except(layout: HeadLayout, prediction: Prediction, names: tup
 def spectral_loss(prediction: Prediction, target_audio: jax.Array, layout: HeadLayout,
                   render_fn: RenderFn, distance_fn: DistanceFn, key: jax.Array,
                   balance_strength: jax.Array | None = None, straight_through: bool = False,
-                  spectral_params: tuple[str, ...] = ("all",)) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  spectral_params: tuple[str, ...] = ("all",), notes: tuple[jax.Array, jax.Array] | None = None,
+                  mesh: jax.sharding.Mesh | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Multi-resolution STFT distance between the relaxed proxy render of ``prediction`` and
     ``target_audio`` [B, C, T]. With ``balance_strength`` (the weight this loss gets), its
     gradient reaches each predicted parameter with equal strength (:func:`balance_gradients`);
     multiply the returned loss by the same weight. ``straight_through``: categorical choices
     rendered hard, with softmax gradients (``heads.relaxed_inputs``). ``spectral_params``: the
     parameters whose outputs get this loss's gradient (``("all",)``: every one); the rest are
-    rendered at their predicted values without gradient. Returns ``(loss, {"spectral": loss})``."""
+    rendered at their predicted values without gradient. ``notes``: ``(pitch [B], velocity [B])``
+    each sound plays (``render_fn``'s keywords; default: its own). ``mesh``: a 1-D device mesh
+    the sounds are split over, render and distance (:func:`diffsynth.parallel.batch_parallel`;
+    the proxy's per-sample loops then run on every core). Returns ``(loss, {"spectral": loss})``."""
     if not spectral_params:  # would silently stop every gradient of this loss
         raise ValueError("spectral_params is empty: expected parameter names or ('all',) (a config's empty "
                          "loss.spectral_params means the synth's default: resolve it with train.step_loss_config)")
@@ -191,11 +195,20 @@ def spectral_loss(prediction: Prediction, target_audio: jax.Array, layout: HeadL
                                          jnp.asarray(balance_strength, jnp.float32))
         prediction = {"continuous": cont, "logits": logits}
     normalized, probs = relaxed_inputs(layout, prediction, straight_through=straight_through)
-    audio = render_fn(normalized, probs, key)
-    if audio.shape != target_audio.shape:
-        raise ValueError(f"proxy render has shape {audio.shape}, target audio {target_audio.shape}; "
-                         "expected the same [batch, 2, n_samples] (check the proxy config's duration)")
-    loss = distance_fn(audio, target_audio.astype(audio.dtype))
+
+    def distance(normalized, probs, target, notes, key):  # [1]: the mean over these rows
+        audio = render_fn(normalized, probs, key) if notes is None else \
+            render_fn(normalized, probs, key, pitch=notes[0], velocity=notes[1])
+        if audio.shape != target.shape:
+            raise ValueError(f"proxy render has shape {audio.shape}, target audio {target.shape}; "
+                             "expected the same [batch, 2, n_samples] (check the proxy config's duration)")
+        return distance_fn(audio, target.astype(audio.dtype))[None]
+
+    from diffsynth.parallel import batch_parallel  # noqa: PLC0415
+
+    shares = batch_parallel(distance, (True, True, True, True, False), mesh)(normalized, probs, target_audio, notes,
+                                                                              key)
+    loss = jnp.mean(shares)  # equal shares: the batch mean
     return loss, {"spectral": loss}
 
 

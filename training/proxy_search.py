@@ -54,8 +54,11 @@ class ProxySearchResult:
 def _distance_fn(data: DataConfig) -> Callable[..., jax.Array]:
     """``f(normalized [B, n_params], target [B, C, T], key, pitch [B], velocity [B]) -> [B]``: proxy
     render, then the multi-resolution STFT distance of the evaluation (each channel scored, then
-    averaged). ``data`` is note-independent (pitch and velocity are traced: one compilation)."""
+    averaged). ``data`` is note-independent (pitch and velocity are traced: one compilation). The
+    rows are split over the local devices (:func:`diffsynth.parallel.batch_parallel`: on CPU one
+    per core)."""
     from diffsynth.losses import multi_resolution_stft_loss
+    from diffsynth.parallel import batch_parallel
     from training.proxy_loss import make_proxy_render
 
     render = make_proxy_render(data)
@@ -65,7 +68,7 @@ def _distance_fn(data: DataConfig) -> Callable[..., jax.Array]:
         audio = render(normalized, None, key, pitch, velocity)
         return multi_resolution_stft_loss(audio, target).mean(axis=-1)
 
-    return jax.jit(f)
+    return jax.jit(batch_parallel(f, (True, True, False, True, True)))
 
 
 def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndarray, seed: int = 0,

@@ -78,7 +78,8 @@ BATCH_AXIS = "batch"
 
 
 def make_mesh(run: RunConfig, batch_size: int) -> jax.sharding.Mesh:
-    """The device mesh of a run: ``run.devices`` local devices of every process (0: all) on one
+    """The device mesh of a run: ``run.devices`` local devices of every process (0: all, or as
+    many as split ``batch_size`` evenly; on CPU :mod:`diffsynth.runtime` makes one per core) on one
     axis, :data:`BATCH_AXIS`. With ``run.distributed`` it first joins the job
     (``jax.distributed.initialize``; must precede any JAX computation). ConfigError unless
     ``batch_size`` divides by the mesh's device count."""
@@ -94,6 +95,8 @@ def make_mesh(run: RunConfig, batch_size: int) -> jax.sharding.Mesh:
     by_process: dict[int, list] = {}
     for d in jax.devices():
         by_process.setdefault(d.process_index, []).append(d)
+    while not run.devices and per_process > 1 and batch_size % (per_process * len(by_process)):
+        per_process -= 1  # "all devices": as many as split the batch evenly
     devices = [d for p in sorted(by_process) for d in by_process[p][:per_process]]
     if batch_size % len(devices):
         raise ConfigError(f"optim.batch_size: expected a multiple of the {len(devices)} devices the batch is split "

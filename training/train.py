@@ -64,29 +64,42 @@ def predict(state: TrainState, params: Any, feature_fn: Callable, batch: dict[st
 # ------------------------------------------------------------------------------ steps
 def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights: jax.Array, key: jax.Array,
             *, loss_cfg: LossConfig, layout: HeadLayout, feature_fn: Callable, render_fn: Callable | None,
-            distance_fn: Callable | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+            distance_fn: Callable | None, mesh: jax.sharding.Mesh | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted parameter + spectral loss of one batch. ``weights`` = [w_param, w_spectral];
     the spectral term is computed only when ``render_fn`` is given (its weight is non-zero), on
-    the first ``loss.spectral_batch_size`` sounds of the batch (all when 0)."""
+    ``loss.spectral_batch_size`` sounds of the batch (all when 0; :func:`spectral_rows`), split
+    over the ``mesh``'s devices (the run's data-parallel mesh)."""
     prediction = predict(state, params, feature_fn, batch)
     targets = targets_from_normalized(layout, batch["normalized"])
     lp, aux = param_loss(prediction, targets, loss_cfg.categorical_weight,
                          _flow_fns(state, params, prediction, jax.random.fold_in(key, 1)))
     loss = weights[0] * lp
     if render_fn is not None:
-        k = min(loss_cfg.spectral_batch_size or batch["audio"].shape[0], batch["audio"].shape[0])
-        head = jax.tree.map(lambda x: x[:k], prediction)
-        pitch, velocity = batch["pitch"][:k], batch["velocity"][:k]
-        note_render = functools.partial(render_fn, pitch=pitch, velocity=velocity)  # each sound at its own note
-        ls, aux_s = spectral_loss(head, batch["audio"][:k], layout, note_render, distance_fn, key,
+        rows = spectral_rows(batch["audio"].shape[0], loss_cfg.spectral_batch_size, mesh)
+        head = jax.tree.map(lambda x: x[rows], prediction)
+        ls, aux_s = spectral_loss(head, batch["audio"][rows], layout, render_fn, distance_fn, key,
                                   balance_strength=weights[1] if loss_cfg.balance_spectral_grads else None,
                                   straight_through=loss_cfg.categorical_relaxation == "straight_through",
-                                  spectral_params=loss_cfg.spectral_params)
+                                  spectral_params=loss_cfg.spectral_params,
+                                  notes=(batch["pitch"][rows], batch["velocity"][rows]),  # each sound at its own note
+                                  mesh=mesh)
         loss = loss + weights[1] * ls
         aux = {**aux, **aux_s}
     else:
         aux = {**aux, "spectral": jnp.full((), jnp.nan)}
     return loss, {**aux, "param_loss": lp}
+
+
+def spectral_rows(batch_size: int, spectral_batch_size: int, mesh: jax.sharding.Mesh | None) -> np.ndarray:
+    """Which rows of a batch get the spectral loss: ``spectral_batch_size`` of them (all when 0), the
+    first ones of each device's share of the batch (the first ones of the batch on one device), so
+    that every device renders its own rows and none are moved."""
+    k = min(spectral_batch_size or batch_size, batch_size)
+    d = mesh.size if mesh is not None else 1
+    if d <= 1 or batch_size % d or k % d:
+        return np.arange(k)
+    return (np.arange(d)[:, None] * (batch_size // d) + np.arange(k // d)[None, :]).reshape(-1)
 
 
 def _flow_fns(state: TrainState, params: Any, prediction: dict[str, Any], key: jax.Array) -> FlowFns | None:
@@ -131,7 +144,7 @@ def compiled_steps(loss_cfg: LossConfig, layout: HeadLayout, feature_fn: Callabl
     runs in one process with the same settings compile once. With a ``mesh`` the train steps
     are data parallel: state replicated, the batch split over the mesh's batch axis
     (:func:`training.state.shard_batch`), the gradient an all-reduce XLA inserts."""
-    static = dict(loss_cfg=loss_cfg, layout=layout, feature_fn=feature_fn, distance_fn=distance_fn)
+    static = dict(loss_cfg=loss_cfg, layout=layout, feature_fn=feature_fn, distance_fn=distance_fn, mesh=mesh)
     shardings: dict[str, Any] = {}
     if mesh is not None:
         rep_, data_ = replicated(mesh), batch_sharded(mesh)
