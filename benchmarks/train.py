@@ -3,8 +3,10 @@
 Times the jitted train steps on synthetic audio of the config's shape (no rendering): the
 parameter-loss step and, when the schedule uses it, the full step with the spectral loss
 through the proxy; then the proxy renders of the evaluation's ``model+proxy_search`` (per
-candidate, per target). Reports compile time, steps/s, sounds/s, peak RSS (``getrusage``) and
-the JAX device's memory statistics where the backend has them.
+candidate, per target). The steps run on the run's device mesh as in ``training.fit`` (``[run]
+devices``; on CPU one device per core, see ``diffsynth.runtime``: ``--set run.devices=1`` times
+them on one). Reports compile time, steps/s, sounds/s, peak RSS (``getrusage``) and the JAX
+device's memory statistics where the backend has them.
 
     python -m benchmarks.train [--config configs/amsynth.toml] [--steps 10] [--set section.key=value ...]
 """
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.heads import head_layout
     from training.losses import schedule_weights
     from training.proxy_loss import make_distance_fn, make_proxy_render
+    from training.state import make_mesh, replicate, shard_batch
     from training.train import compiled_steps, create_train_state, step_loss_config
 
     layout = head_layout(spec_of(cfg.data.synth), cfg.data.frozen)
@@ -49,22 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     audio = (0.1 * rng.standard_normal((max(b, 64), 2, t))).astype(np.float32)
     normalized = spec_of(cfg.data.synth).sample_normalized(rng, b).astype(np.float32)
     feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
-    state = create_train_state(cfg, layout, feature_fn, audio)
+    mesh = make_mesh(cfg.run, b)  # as training.fit: on CPU one device per core (diffsynth.runtime)
+    state = replicate(create_train_state(cfg, layout, feature_fn, audio), mesh)
     uses_spectral = any(schedule_weights(s, cfg.loss)[1] > 0 for s in range(cfg.optim.steps))
     render_fn = make_proxy_render(cfg.data) if uses_spectral else None
     distance_fn = make_distance_fn(cfg.loss) if uses_spectral else None
-    step_param, step_full, _ = compiled_steps(step_loss_config(cfg), layout, feature_fn, render_fn, distance_fn)
+    step_param, step_full, _ = compiled_steps(step_loss_config(cfg), layout, feature_fn, render_fn, distance_fn, mesh)
     lo, hi = cfg.data.note_range or (cfg.data.note, cfg.data.note)
-    batch = {"audio": jnp.asarray(audio[:b]), "normalized": jnp.asarray(normalized),
-             "pitch": jnp.asarray(rng.integers(lo, hi + 1, b), jnp.int32),  # each sound its own note, as in fit
-             "velocity": jnp.full((b,), cfg.data.velocity, jnp.int32)}
+    batch = shard_batch({"audio": audio[:b], "normalized": normalized,
+                         "pitch": rng.integers(lo, hi + 1, b).astype(np.int32),  # each sound its own note, as in fit
+                         "velocity": np.full((b,), cfg.data.velocity, np.int32)}, mesh)
     key = jax.random.key(0)
 
     results: dict = {
         "config": args.config, "overrides": args.overrides, "batch_size": b, "n_samples": t,
         "model": cfg.model.kind, "features": cfg.features.kind, "schedule": cfg.loss.schedule,
         "spectral_batch_size": cfg.loss.spectral_batch_size or b,
-        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "mesh_devices": mesh.size,
         "cpu": platform.processor() or platform.machine(),
         "n_weights": int(sum(x.size for x in jax.tree.leaves(state.params))),
     }

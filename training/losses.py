@@ -182,9 +182,10 @@ def spectral_loss(prediction: Prediction, target_audio: jax.Array, layout: HeadL
     rendered hard, with softmax gradients (``heads.relaxed_inputs``). ``spectral_params``: the
     parameters whose outputs get this loss's gradient (``("all",)``: every one); the rest are
     rendered at their predicted values without gradient. ``notes``: ``(pitch [B], velocity [B])``
-    each sound plays (``render_fn``'s keywords; default: its own). ``mesh``: a 1-D device mesh
-    the sounds are split over, render and distance (:func:`diffsynth.parallel.batch_parallel`;
-    the proxy's per-sample loops then run on every core). Returns ``(loss, {"spectral": loss})``."""
+    each sound plays (``render_fn``'s keywords; default: its own). ``mesh``: the 1-D device mesh
+    the step's batch lives on (the run's, :func:`training.state.make_mesh`), over which render
+    and distance are split (:func:`diffsynth.parallel.batch_parallel`; the proxy's per-sample
+    loops then run on every core); None: not split. Returns ``(loss, {"spectral": loss})``."""
     if not spectral_params:  # would silently stop every gradient of this loss
         raise ValueError("spectral_params is empty: expected parameter names or ('all',) (a config's empty "
                          "loss.spectral_params means the synth's default: resolve it with train.step_loss_config)")
@@ -204,11 +205,13 @@ def spectral_loss(prediction: Prediction, target_audio: jax.Array, layout: HeadL
                              "expected the same [batch, 2, n_samples] (check the proxy config's duration)")
         return distance_fn(audio, target.astype(audio.dtype))[None]
 
-    from diffsynth.parallel import batch_parallel  # noqa: PLC0415
+    if mesh is None:
+        loss = distance(normalized, probs, target_audio, notes, key)[0]
+    else:  # equal shares: their mean is the batch mean
+        from diffsynth.parallel import batch_parallel  # noqa: PLC0415
 
-    shares = batch_parallel(distance, (True, True, True, True, False), mesh)(normalized, probs, target_audio, notes,
-                                                                              key)
-    loss = jnp.mean(shares)  # equal shares: the batch mean
+        loss = jnp.mean(batch_parallel(distance, (True, True, True, True, False), mesh)(
+            normalized, probs, target_audio, notes, key))
     return loss, {"spectral": loss}
 
 
