@@ -91,7 +91,7 @@ class DataConfig:
     synth: str = "amsynth"  # a registered synth (proxies.synth.list_synths) or vst:/path/Plugin.so
     spec: str = ""  # probed spec JSON of a vst: synth (empty: found next to the plugin)
     seed: int = 0  # preset sampling (independent of run.seed, so datasets are shared by runs)
-    n_train: int = 3000
+    n_train: int = 6000
     n_val: int = 128
     n_test: int = 256
     factory_prior_weight: float = 0.0
@@ -110,7 +110,7 @@ class DataConfig:
     workers: int = 2
     backend: Literal["process", "ray"] = "process"  # render with the local process pool, or Ray tasks
     ray_address: str = ""  # data.backend = "ray": cluster address (empty: this process's runtime or a local one)
-    shard_size: int = 500
+    shard_size: int = 1000
     audio_dtype: Literal["float16", "float32"] = "float16"
     cache_dir: str = "data"
 

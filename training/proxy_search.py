@@ -10,7 +10,8 @@ the result is never further from the target than the start *in the proxy*. What 
 measured by re-rendering through the real plugin (``training.evaluate_core``).
 
 Why a search and not gradient refinement (``training.refine.ProxyRefiner``): for many targets at
-once a forward render costs 7.4 ms per sound on 2 idle CPU cores (``benchmarks.train``, batch 128)
+once a forward render costs about 3.5 ms per sound on 2 idle CPU cores (``benchmarks.train``,
+batch 128, the batch split over both cores; 7.4 ms on one)
 against about 45 ms per sound for a spectral training step, and the forward pass compiles in
 about 20 s instead of about 2 minutes. Measured with the default run: on 256 held-out random
 presets 1.426 re-rendered mss (network alone 1.840, nearest neighbour 1.515), 0.6 s per target.
@@ -75,7 +76,8 @@ def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndar
                     batch_size: int = 128, progress: str | None = None) -> np.ndarray:
     """Proxy multi-resolution STFT distance [M] of ``presets`` [M, n_params] (normalized)
     against ``target_audio`` [M, C, T], rendered ``batch_size`` at a time (one compiled shape;
-    ``benchmarks.train``, 16 kHz, 1 s: 8.2 / 7.4 / 8.6 ms per sound at 64 / 128 / 256)."""
+    ``benchmarks.train``, 16 kHz, 1 s, both cores: medians 3.5 / 3.7 / 3.3 ms per sound at 64 / 128 /
+    256, against 8.2 / 7.4 / 8.6 on one device)."""
     from training.proxy_loss import canonical_note
 
     fn = _distance_fn(canonical_note(data))
