@@ -110,7 +110,7 @@ class DataConfig:
     workers: int = 2
     backend: Literal["process", "ray"] = "process"  # render with the local process pool, or Ray tasks
     ray_address: str = ""  # data.backend = "ray": cluster address (empty: this process's runtime or a local one)
-    shard_size: int = 1000
+    shard_size: int = 500
     audio_dtype: Literal["float16", "float32"] = "float16"
     cache_dir: str = "data"
 
