@@ -71,11 +71,15 @@ def test_the_proxy_split_over_devices_is_each_devices_rows_rendered_alone():
 
 def test_spectral_rows_are_each_devices_first_rows():
     mesh = local_mesh()
-    assert spectral_rows(32, 8, None).tolist() == list(range(8))
-    assert spectral_rows(32, 0, None).tolist() == list(range(32))
-    assert spectral_rows(6, 8, None).tolist() == list(range(6))
+    # the batch's first rows are a slice (a gather would change the float rounding of the
+    # shipped models' training step, so that their remake would not give their bits)
+    assert spectral_rows(32, 8, None) == slice(0, 8)
+    assert spectral_rows(32, 0, None) == slice(0, 32)
+    assert spectral_rows(6, 8, None) == slice(0, 6)
     if mesh.size == 2:
         assert spectral_rows(32, 8, mesh).tolist() == [0, 1, 2, 3, 16, 17, 18, 19]
-        assert spectral_rows(32, 3, mesh).tolist() == [0, 1, 2]  # 3 do not split: the first ones
+        assert spectral_rows(32, 3, mesh) == slice(0, 3)  # 3 do not split: the first ones
+    elif mesh.size == 1:
+        assert spectral_rows(32, 8, mesh) == slice(0, 8)
     else:
         assert sorted(spectral_rows(32, 8, mesh).tolist()) == sorted(set(spectral_rows(32, 8, mesh).tolist()))

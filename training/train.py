@@ -91,14 +91,18 @@ def loss_fn(params: Any, state: TrainState, batch: dict[str, jax.Array], weights
     return loss, {**aux, "param_loss": lp}
 
 
-def spectral_rows(batch_size: int, spectral_batch_size: int, mesh: jax.sharding.Mesh | None) -> np.ndarray:
+def spectral_rows(batch_size: int, spectral_batch_size: int,
+                  mesh: jax.sharding.Mesh | None) -> slice | np.ndarray:
     """Which rows of a batch get the spectral loss: ``spectral_batch_size`` of them (all when 0), the
     first ones of each device's share of the batch (the first ones of the batch on one device), so
-    that every device renders its own rows and none are moved."""
+    that every device renders its own rows and none are moved. The batch's first rows come as a
+    slice, not an index array: a gather compiles to other XLA fusions, whose float rounding
+    differs, and the shipped models (``training/shipped/``) are remade bit for bit only with the
+    slice their weights were trained with."""
     k = min(spectral_batch_size or batch_size, batch_size)
     d = mesh.size if mesh is not None else 1
     if d <= 1 or batch_size % d or k % d:
-        return np.arange(k)
+        return slice(0, k)
     return (np.arange(d)[:, None] * (batch_size // d) + np.arange(k // d)[None, :]).reshape(-1)
 
 
