@@ -88,8 +88,9 @@ def proxy_distances(data: DataConfig, presets: np.ndarray, target_audio: np.ndar
     out = np.empty(len(presets), np.float64)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(presets), unit="render", desc=progress, leave=False, disable=progress is None or
-               len(presets) <= batch_size, dynamic_ncols=True)
+    # on a terminal only (disable=None): in a log file, e.g. ``fit --no-progress``, the lines stay readable
+    bar = tqdm(total=len(presets), unit="render", desc=progress, leave=False,
+               disable=True if progress is None or len(presets) <= batch_size else None, dynamic_ncols=True)
     for a in range(0, len(presets), batch_size):
         n = min(batch_size, len(presets) - a)
         x = np.pad(presets[a:a + n], ((0, batch_size - n), (0, 0)))
