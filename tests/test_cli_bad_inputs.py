@@ -65,7 +65,7 @@ TINY = ["data.n_train=16", "data.n_val=4", "data.n_test=4", "data.shard_size=8",
         "model.channels=[4, 8]", "model.hidden=16", "loss.schedule=param", "loss.fft_sizes=[128, 512]",
         "optim.batch_size=4", "optim.steps=6", "optim.log_every=3", "optim.eval_every=3",
         "optim.checkpoint_every=3", "optim.lr_warmup_steps=0", "eval.n_random=2", "eval.n_factory=1",
-        "eval.batch_size=4", "eval.proxy_search_rounds=0", "eval.val_distance=param"]
+        "eval.batch_size=4", "eval.proxy_search_rounds=0", "eval.proxy_refine_steps=0", "eval.val_distance=param"]
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -492,6 +492,9 @@ CASES: list[Case] = [
     Case("evaluate-refine-steps-1e8", "evaluate", ["--run", "{tiny}", "--targets", "random", "--json", "{d}/e.json",
                                                    "--refine-steps", "100000000"], 2,
          r"--refine-steps: expected at most 10,000", "unbounded"),
+    Case("evaluate-proxy-refine-steps-negative", "evaluate", ["--run", "{tiny}", "--targets", "random", "--json",
+                                                             "{d}/e.json", "--proxy-refine-steps", "-3"], 2,
+         r"--proxy-refine-steps: expected an integer in 0\.\.4096", "unbounded"),
     Case("evaluate-folder-without-audio", "evaluate", ["--run", "{tiny}", "--targets", "{d}/sounds", "--json",
                                                        "{d}/e.json"], 2, r"--targets: expected a folder holding audio",
          "work lost", setup=_mk("sounds", files={"sounds/readme.txt": b"no audio here"})),

@@ -31,7 +31,7 @@ TINY_OVERRIDES = [
     "data.shard_size=64", "loss.schedule=param", "loss.fft_sizes=[128,256,512,1024]", "optim.steps=20",
     "optim.batch_size=16", "optim.log_every=10", "optim.eval_every=20", "optim.checkpoint_every=20",
     "eval.n_random=4", "eval.n_factory=2", "eval.val_distance=param", "eval.batch_size=8",
-    "eval.proxy_search_rounds=2", "eval.proxy_search_candidates=4", "eval.best_of_k=4",
+    "eval.proxy_search_rounds=2", "eval.proxy_search_candidates=4", "eval.best_of_k=4", "eval.proxy_refine_steps=0",
 ]
 
 

@@ -309,7 +309,7 @@ def _tiny_fit_config(tmp_path: Path, name: str, *extra: str) -> Config:
         "optim.batch_size=4", "optim.steps=6", "optim.log_every=1", "optim.eval_every=3",
         "optim.checkpoint_every=2", "optim.lr_warmup_steps=0", "eval.n_random=4", "eval.n_factory=3",
         "eval.batch_size=4", "eval.proxy_search_rounds=1", "eval.proxy_search_candidates=2", "eval.best_of_k=3",
-        *extra])
+        "eval.proxy_refine_steps=0", *extra])  # the refine row's compilation only where it is checked
 
 
 def _losses(run_dir: Path) -> list[tuple[str, str]]:
@@ -322,22 +322,24 @@ def test_fit_end_to_end_through_the_real_plugin_and_resume(tmp_path, amsynth_pat
     from training.evaluate_core import load_predictor
     from training.train import train_and_evaluate
 
-    cfg = _tiny_fit_config(tmp_path, "full")
+    cfg = _tiny_fit_config(tmp_path, "full", "eval.proxy_refine_steps=2")
     summary = train_and_evaluate(cfg, progress=False, log=lambda *_: None)
     run = cfg.run_dir
     written = json.loads((run / "summary.json").read_text())
     assert written["config"] == cfg.to_dict() and written["wall_seconds"] > 0
     for set_name in ("random", "factory"):
-        for method in ("model", "model+best_of_k", "model+proxy_search", "mean_preset", "nearest_neighbour"):
+        for method in ("model", "model+best_of_k", "model+proxy_search", "model+proxy_refine", "mean_preset",
+                       "nearest_neighbour"):
             m = written["eval"][set_name][method]
             for key in ("mss", "logmel_l1", "mfcc_l1", "param_mae"):
                 assert np.isfinite(m[key]), (set_name, method, key)
         rows = written["eval"][set_name]
         assert (rows["model"]["proxy_renders"], rows["model+best_of_k"]["proxy_renders"],
-                rows["model+proxy_search"]["proxy_renders"]) == (0, 3, 3 + 2)
+                rows["model+proxy_search"]["proxy_renders"], rows["model+proxy_refine"]["proxy_renders"]) == \
+            (0, 3, 3 + 2, 3 + 2 + 1)
     assert summary["eval"] == written["eval"]
-    assert list(written["eval_methods"]) == ["model", "model+best_of_k", "model+proxy_search", "mean_preset",
-                                             "nearest_neighbour"]
+    assert list(written["eval_methods"]) == ["model", "model+best_of_k", "model+proxy_search", "model+proxy_refine",
+                                             "mean_preset", "nearest_neighbour"]
     assert [s for s, _ in _losses(run)] == [str(s) for s in range(1, 7)]
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "best").is_dir() and (run / "checkpoints" / "latest" / "6").is_dir()

@@ -334,6 +334,13 @@ class EvalConfig:
     lookup_candidates: int = 0
     # parameters each proxy_search candidate changes (about; 0: every continuous one and half the categoricals)
     proxy_search_mutations: int = 0
+    # model+proxy_refine: from model+best_of_k's pick (where model+proxy_search starts; the model's
+    # own preset when best_of_k is 0), this many Adam steps through the proxy on the continuous
+    # parameters, each target keeping the point of least proxy distance (steps + 1 proxy renders
+    # with gradient per target, no plugin render; training.refine.ProxyRefiner.descend); 0 skips
+    # it. Its learning rate in logit space:
+    proxy_refine_steps: int = 47
+    proxy_refine_lr: float = 0.15
 
     def validate(self) -> None:
         _require(self.n_random >= 1, "eval.n_random", "an integer >= 1", self.n_random)
@@ -351,6 +358,10 @@ class EvalConfig:
                  self.best_of_k)
         _require(0.0 < self.proxy_search_sigma <= 1.0, "eval.proxy_search_sigma", "a number in (0, 1]",
                  self.proxy_search_sigma)
+        _require(0 <= self.proxy_refine_steps <= 4096, "eval.proxy_refine_steps", "an integer in [0, 4096] (0 skips it)",
+                 self.proxy_refine_steps)
+        _require(0.0 < self.proxy_refine_lr <= 10.0, "eval.proxy_refine_lr", "a number in (0, 10]",
+                 self.proxy_refine_lr)
 
 
 SECTIONS: dict[str, type] = {

@@ -263,7 +263,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
 
         # -- model + refinement through the proxy
         has_proxy = synth_of(data).has_proxy
-        for name in ("model+refine", "model+proxy_search") if not has_proxy else ():
+        for name in ("model+refine", "model+proxy_search", "model+proxy_refine") if not has_proxy else ():
             notes.append(f"{name}: not available ({synth_of(data).name} has no differentiable proxy)")
         if args.refine_steps > 0 and has_proxy:
             say(f"[eval] model+refine: {args.refine_steps} proxy steps per target (batches of {args.refine_batch})")
@@ -315,13 +315,16 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
         # -- the model's candidates ranked by the proxy, then the proxy-guided search (proxy forward
         # renders only: no plugin, no gradient): the fit's own rows (evaluate_core.model_rows), per note
         rounds = cfg.eval.proxy_search_rounds if args.proxy_search_rounds is None else args.proxy_search_rounds
+        refine_steps = cfg.eval.proxy_refine_steps if args.proxy_refine_steps is None else args.proxy_refine_steps
         if has_proxy and (rounds > 0 or cfg.eval.best_of_k > 0):
             from training.evaluate_core import model_rows
 
-            run_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, proxy_search_rounds=rounds))
+            run_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, proxy_search_rounds=rounds,
+                                                                        proxy_refine_steps=refine_steps))
             row_predictor = dataclasses.replace(predictor, cfg=run_cfg)
-            say(f"[eval] model+best_of_k ({run_cfg.eval.best_of_k} candidates) and model+proxy_search ({rounds} rounds "
-                f"of {cfg.eval.proxy_search_candidates} proxy renders) per target")
+            say(f"[eval] model+best_of_k ({run_cfg.eval.best_of_k} candidates), model+proxy_search ({rounds} rounds "
+                f"of {cfg.eval.proxy_search_candidates} proxy renders) and model+proxy_refine ({refine_steps} proxy "
+                "steps) per target")
             got: dict[str, np.ndarray] = {}
             spent: dict[str, float] = {}
             for note in np.unique(targets.notes):
@@ -331,10 +334,10 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
                 for name, row in out.items():
                     got.setdefault(name, pred.copy())[rows] = row.presets
                     spent[name] = spent.get(name, 0.0) + row.seconds_per_target * len(rows)
-            for name in ("model+best_of_k", "model+proxy_search"):
+            for name in ("model+best_of_k", "model+proxy_search", "model+proxy_refine"):
                 if name in got:
-                    methods[name] = Method(got[name], spent[name], 0.0, {"rounds": rounds,
-                                                                         "best_of_k": run_cfg.eval.best_of_k})
+                    extra = {"rounds": rounds, "refine_steps": refine_steps, "best_of_k": run_cfg.eval.best_of_k}
+                    methods[name] = Method(got[name], spent[name], 0.0, extra)
 
         # -- model + CMA-ES
         if args.search_renders > 0:
@@ -450,6 +453,9 @@ def summarise(args: argparse.Namespace, cfg: Any, targets: TargetSet, methods: d
                      "renders, compilation included)")
         elif name == "model+best_of_k":
             desc += f" ({m.extra['best_of_k']} proxy renders, compilation included)"
+        elif name == "model+proxy_refine":
+            desc += (f" ({m.extra['best_of_k']} proxy renders + {m.extra['refine_steps'] + 1} with gradient, "
+                     "compilation excluded)")
         elif name == "param_only":
             desc += f" ({m.extra.get('run')})"
         out_methods[name] = {
@@ -568,6 +574,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snapshots", default="10", help="refinement snapshots re-rendered by the plugin (default 10)")
     p.add_argument("--proxy-search-rounds", default=None,
                    help="rounds of model+proxy_search (0 skips; default: the run's eval.proxy_search_rounds)")
+    p.add_argument("--proxy-refine-steps", default=None,
+                   help="gradient steps of model+proxy_refine (0 skips; default: the run's eval.proxy_refine_steps)")
     p.add_argument("--search-renders", default="100", help="CMA-ES renders after the model (0 skips; default 100)")
     p.add_argument("--cma-renders", default="500", help="CMA-ES-from-mean baseline renders (0 skips; default 500)")
     p.add_argument("--param-run", default=None, help="parameter-loss-only run (default: found beside --run)")
@@ -603,6 +611,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
              "plugin renders per target (a typo costs hours)", "try 100")
     if a.proxy_search_rounds is not None:
         a.proxy_search_rounds = _int_option("--proxy-search-rounds", a.proxy_search_rounds, 0, 64, "0 skips it")
+    if a.proxy_refine_steps is not None:
+        a.proxy_refine_steps = _int_option("--proxy-refine-steps", a.proxy_refine_steps, 0, 4096, "0 skips it")
     a.cma_renders = _int_option("--cma-renders", a.cma_renders, 0, None, "0 skips the CMA-ES baseline")
     _at_most("--cma-renders", a.cma_renders, MAX_CMA_RENDERS, "plugin renders per target (a typo costs hours)",
              "try 500")

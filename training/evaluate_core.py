@@ -342,7 +342,8 @@ def model_rows(predictor: Predictor, target_audio: np.ndarray,
     render), ``model+best_of_k`` (its ``eval.best_of_k`` candidates ranked by their proxy
     render's distance to the target) and ``model+proxy_search`` (a guided search through the
     proxy from that pick, ``eval.proxy_search_rounds`` x ``eval.proxy_search_candidates`` renders
-    more). Targets play ``note`` (default: the run's ``data.note``). ``score(presets)`` scores
+    more), ``model+proxy_refine`` (from the same pick, ``eval.proxy_refine_steps`` gradient steps
+    through the proxy, :func:`proxy_refine`). Targets play ``note`` (default: the run's ``data.note``). ``score(presets)`` scores
     presets against the targets (a real-engine re-render; None: rows carry presets only). The
     proxy rows need a synth with a proxy. The encoder hears ``model_input`` (default: the
     targets) playing ``model_note`` (default: ``note``), or ``outputs`` gives what it answered
@@ -378,6 +379,7 @@ def model_rows(predictor: Predictor, target_audio: np.ndarray,
         if k > 0:
             mine = own[np.arange(len(own)), ranked.distances[:, :k].argmin(axis=1)]
             rows["model+best_of_k"] = ModelRow(scored(mine), (t_pred + spent * k / pool.shape[1]) / n, k, mine)
+    refine_from = (start, spent, renders)  # model+proxy_refine starts where the search does
     if cfg.eval.proxy_search_rounds > 0:
         probs = tuple(np.asarray(p) for p in probabilities(outs))
         found = proxy_search(data, layout, start, probs, target_audio, rounds=cfg.eval.proxy_search_rounds,
@@ -385,7 +387,38 @@ def model_rows(predictor: Predictor, target_audio: np.ndarray,
                              seed=seed, start_distance=start_d, mutations=cfg.eval.proxy_search_mutations)
         rows["model+proxy_search"] = ModelRow(scored(found.presets), (t_pred + spent + found.seconds) / n,
                                               renders + found.renders_per_target, found.presets)
+    steps = cfg.eval.proxy_refine_steps
+    if steps > 0:
+        start, spent, renders = refine_from
+        refined, seconds = proxy_refine(data, cfg.loss.fft_sizes, start, target_audio, steps, cfg.eval.proxy_refine_lr,
+                                        seed=seed, batch_size=min(cfg.eval.batch_size, _REFINE_BATCH))
+        rows["model+proxy_refine"] = ModelRow(scored(refined), (t_pred + spent + seconds) / n, renders + steps + 1,
+                                              refined)
     return rows
+
+
+_REFINE_BATCH = 32  # targets per descent call (one compiled shape; measured on 2 cores)
+
+
+def proxy_refine(data: Any, fft_sizes: Any, start: np.ndarray, target_audio: np.ndarray, steps: int, lr: float,
+                 seed: int = 0, batch_size: int = _REFINE_BATCH) -> tuple[np.ndarray, float]:
+    """``(presets [N, n_params], seconds)``: ``start`` refined towards ``target_audio`` [N, C, T] by
+    :meth:`training.refine.ProxyRefiner.descend` (``steps`` proxy steps, each target keeping its
+    point of least proxy distance), ``batch_size`` targets at a time, with a progress bar; the
+    one-off compilation is not counted in the seconds."""
+    from tqdm import tqdm
+
+    from training.refine import get_refiner
+
+    refiner = get_refiner(data, tuple(int(k) for k in fft_sizes), int(batch_size))
+    out, seconds = np.asarray(start, np.float64).copy(), 0.0
+    starts = range(0, len(start), batch_size)
+    for a in tqdm(starts, desc=f"proxy refine: {steps} steps", unit="batch", leave=False,
+                  disable=True if len(starts) <= 1 else None, dynamic_ncols=True):
+        res = refiner.descend(start[a:a + batch_size], target_audio[a:a + batch_size], steps, seed=seed, lr=lr)
+        out[a:a + batch_size] = res.presets
+        seconds += res.seconds
+    return out, seconds
 
 
 def evaluate_targets(predictor: Predictor, renderer: EngineRenderer, target_audio: np.ndarray,

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 #: Rows of the end-of-fit evaluation, in order.
-METHODS = ("model", "model+best_of_k", "model+proxy_search", "mean_preset", "nearest_neighbour")
+METHODS = ("model", "model+best_of_k", "model+proxy_search", "model+proxy_refine", "mean_preset",
+           "nearest_neighbour")
 #: Methods that render through the synth's differentiable proxy (unavailable without one).
-PROXY_METHODS = ("model+best_of_k", "model+proxy_search", "model+refine")
+PROXY_METHODS = ("model+best_of_k", "model+proxy_search", "model+proxy_refine", "model+refine")
 #: What each evaluation row is: the one method table of the fit's evaluation (``summary.json``'s
 #: ``eval_methods``) and of ``training.evaluate``.
 METHOD_NOTES = {
@@ -21,6 +22,10 @@ METHOD_NOTES = {
                           "gallery sounds ranked by the proxy, the best improved through the proxy alone "
                           "(training.proxy_search: eval.proxy_search_rounds x eval.proxy_search_candidates more proxy "
                           "renders per target; no real-engine render)",
+    "model+proxy_refine": "model+best_of_k's pick (where model+proxy_search starts), then eval.proxy_refine_steps "
+                          "Adam steps through the proxy on the continuous parameters (categoricals held), each target "
+                          "keeping the point of least proxy distance (training.refine.ProxyRefiner.descend: steps + 1 "
+                          "proxy renders with gradient per target more; no real-engine render)",
     "mean_preset": "mean training preset (most frequent choice of each categorical)",
     "random_preset": "a random preset from the synth's sampling prior",
     "nearest_neighbour": "training preset whose real-engine render at the target's note is nearest in log-mel "

@@ -50,6 +50,24 @@ class RefineResult:
     snapshot_seconds: tuple[float, ...] = ()
 
 
+@dataclass(frozen=True)
+class DescentResult:
+    """What :meth:`ProxyRefiner.descend` keeps: ``presets`` [B, n_params] (normalized, snapped),
+    their proxy distance to the target [B] (the start's where no step improved on it; inf if
+    even the start's was not finite), the descent's wall time and its compilation's."""
+
+    presets: np.ndarray
+    proxy_distance: np.ndarray
+    seconds: float
+    compile_seconds: float
+
+
+# descend(): categoricals held at their choice (softmax of 60 x one-hot: exactly one-hot in
+# float32), continuous values as close to the start as a finite logit allows
+_HELD_CONFIDENCE = 60.0
+_HELD_CLIP = 1e-4
+
+
 class ProxyRefiner:
     """Gradient descent through the proxy for a batch of ``batch_size`` targets of one note.
 
@@ -105,6 +123,17 @@ class ProxyRefiner:
         return np.concatenate([x, np.repeat(x[-1:], self.batch_size - len(x), axis=0)]) if len(x) < self.batch_size \
             else x
 
+    def _checked(self, start, target, steps) -> tuple[np.ndarray, np.ndarray]:
+        """``(start [B, n_params] float64, target [B, C, T] float32)``; ValueError naming what is wrong."""
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
+        start = np.asarray(start, dtype=np.float64)
+        target = np.asarray(target, dtype=np.float32)
+        b = len(start)
+        if target.shape != (b, self.channels, self.data.n_samples):
+            raise ValueError(f"target: expected audio [{b}, {self.channels}, {self.data.n_samples}], got {target.shape}")
+        return start, target
+
     def _warm_up(self, variables, target, key) -> float:
         """Compile (by calling once) the step graph; returns the seconds it took (0 when compiled)."""
         t0 = time.perf_counter()
@@ -137,13 +166,8 @@ class ProxyRefiner:
         learning rate (no recompilation). A non-finite distance stops the descent at the last
         finite snapshot.
         """
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
-        start = np.asarray(start, dtype=np.float64)
+        start, target = self._checked(start, target, steps)
         b = len(start)
-        target = np.asarray(target, dtype=np.float32)
-        if target.shape != (b, self.channels, self.data.n_samples):
-            raise ValueError(f"target: expected audio [{b}, {self.channels}, {self.data.n_samples}], got {target.shape}")
         key = jax.random.key(seed)
         variables = self._variables(self._pad(start), self.confidence)
         target_j = jnp.asarray(self._pad(target))
@@ -184,6 +208,36 @@ class ProxyRefiner:
         return RefineResult(np.stack(cands), tuple(snap_steps), np.stack(dists), time.perf_counter() - t0, compile_s,
                             tuple(times))
 
+    def descend(self, start: np.ndarray, target: np.ndarray, steps: int, seed: int = 0,
+                lr: float | None = None) -> DescentResult:
+        """Refine the continuous parameters of ``start`` [B, n_params] towards ``target`` audio
+        [B, C, T] by ``steps`` Adam steps, categorical choices held (one-hot logits at confidence
+        60: the relaxed render is the hard preset's), and keep for each target the point whose
+        own proxy distance was lowest (the start included): ``steps + 1`` proxy renders with
+        gradient per target, no real-engine render. Picking by the proxy matters: the last point
+        alone is often worse in the plugin than the start (``README``, training section)."""
+        start, target = self._checked(start, target, steps)
+        b = len(start)
+        key = jax.random.key(seed)
+        variables = self._variables(self._pad(start), _HELD_CONFIDENCE, clip=_HELD_CLIP)
+        target_j = jnp.asarray(self._pad(target))
+        compile_s = self._warm_up(variables, target_j, key)
+        t0 = time.perf_counter()
+        opt_state = self._opt_state(variables, lr)
+        best, best_d = start.copy(), np.full(b, np.inf)
+        for k in range(steps + 1):  # the call at k returns the distance of the point after k updates
+            new_variables, opt_state, d, _ = self._step(variables, opt_state, target_j, key, self._pitch,
+                                                        self._velocity)
+            d = np.asarray(d)[:b]
+            better = np.isfinite(d) & (d < best_d)
+            if better.any():
+                best[better] = (start if k == 0 else self._hard(variables)[:b])[better]
+                best_d[better] = d[better]
+            if not np.all(np.isfinite(d)):
+                break  # a non-finite point: keep the best finite one so far
+            variables = new_variables
+        return DescentResult(best, best_d, time.perf_counter() - t0, compile_s)
+
     def render(self, normalized: np.ndarray, seed: int = 0) -> np.ndarray:
         """Proxy render [B, C, T] of hard presets ``normalized`` (exact choices: one-hot logits at
         high confidence), through the already compiled refinement graph."""
@@ -203,18 +257,25 @@ def _refine_step(data: DataConfig, fft_sizes: tuple[int, ...], lr: float):
     import optax
 
     from diffsynth.losses import multi_resolution_stft_loss
+    from diffsynth.parallel import batch_parallel
     from training.proxy_loss import make_proxy_render
 
     render_fn = make_proxy_render(data)
     layout = head_layout(synth_of(data).spec, data.frozen)
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)  # lr in the state: no recompile
 
-    def distance(variables, target, key, pitch, velocity):
+    def per_row(variables, target, key, pitch, velocity):
         z, logits = variables
         prediction = {"continuous": jax.nn.sigmoid(z), "logits": tuple(logits)}
         normalized, probs = relaxed_inputs(layout, prediction)
         audio = render_fn(normalized, probs, key, pitch, velocity)
-        d = multi_resolution_stft_loss(audio, target, fft_sizes=fft_sizes).mean(axis=-1)  # [B]
+        return multi_resolution_stft_loss(audio, target, fft_sizes=fft_sizes).mean(axis=-1), audio  # [B], [B, C, T]
+
+    # the rows over the local devices (on CPU one per core: the proxy's per-sample loops on every core)
+    per_row = batch_parallel(per_row, (True, True, False, True, True))
+
+    def distance(variables, target, key, pitch, velocity):
+        d, audio = per_row(variables, target, key, pitch, velocity)
         return jnp.sum(d), (d, audio)
 
     def step(variables, opt_state, target, key, pitch, velocity):
