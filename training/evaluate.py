@@ -316,7 +316,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
         # renders only: no plugin, no gradient): the fit's own rows (evaluate_core.model_rows), per note
         rounds = cfg.eval.proxy_search_rounds if args.proxy_search_rounds is None else args.proxy_search_rounds
         refine_steps = cfg.eval.proxy_refine_steps if args.proxy_refine_steps is None else args.proxy_refine_steps
-        if has_proxy and (rounds > 0 or cfg.eval.best_of_k > 0):
+        if has_proxy and (rounds > 0 or cfg.eval.best_of_k > 0 or refine_steps > 0):
             from training.evaluate_core import model_rows
 
             run_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, proxy_search_rounds=rounds,

@@ -22,13 +22,13 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from training.config import Config, from_dict
+from training.config import Config, DataConfig, from_dict
 from training.data import Dataset, EngineRenderer, factory_eval_presets, synth_of
 from training.features import make_feature_fn
 from training.heads import (HeadLayout, candidate_presets, hard_normalized, head_layout, note_features,
@@ -397,11 +397,11 @@ def model_rows(predictor: Predictor, target_audio: np.ndarray,
     return rows
 
 
-_REFINE_BATCH = 32  # targets per descent call (one compiled shape; measured on 2 cores)
+_REFINE_BATCH = 32  # targets per descent call (one compiled shape; the batch the default's settings were chosen with)
 
 
-def proxy_refine(data: Any, fft_sizes: Any, start: np.ndarray, target_audio: np.ndarray, steps: int, lr: float,
-                 seed: int = 0, batch_size: int = _REFINE_BATCH) -> tuple[np.ndarray, float]:
+def proxy_refine(data: DataConfig, fft_sizes: Sequence[int], start: np.ndarray, target_audio: np.ndarray, steps: int,
+                 lr: float, seed: int = 0, batch_size: int = _REFINE_BATCH) -> tuple[np.ndarray, float]:
     """``(presets [N, n_params], seconds)``: ``start`` refined towards ``target_audio`` [N, C, T] by
     :meth:`training.refine.ProxyRefiner.descend` (``steps`` proxy steps, each target keeping its
     point of least proxy distance), ``batch_size`` targets at a time, with a progress bar; the

@@ -9,12 +9,13 @@ candidate replaces the best when its multi-resolution STFT distance to the targe
 the result is never further from the target than the start *in the proxy*. What it is worth is
 measured by re-rendering through the real plugin (``training.evaluate_core``).
 
-Why a search and not gradient refinement (``training.refine.ProxyRefiner``): for many targets at
-once a forward render costs about 3.5 ms per sound on 2 idle CPU cores (``benchmarks.train``,
-batch 128, the batch split over both cores; 7.4 ms on one)
-against about 45 ms per sound for a spectral training step, and the forward pass compiles in
-about 20 s instead of about 2 minutes. Measured with the default run: on 256 held-out random
-presets 1.426 re-rendered mss (network alone 1.840, nearest neighbour 1.515), 0.6 s per target.
+Its cost: for many targets at once a forward render costs about 3.5 ms per sound on 2 idle CPU
+cores (``benchmarks.train``, batch 128, the batch split over both cores; 7.4 ms on one), and the
+forward pass compiles in about 20 s. At the same count of proxy renders, gradient descent through
+the proxy (``training.refine.ProxyRefiner.descend``, the evaluation's ``model+proxy_refine``) now
+does better, at about 2-3x the time: on the default run's 256 held-out targets 48 renders after
+the best of 16 give 1.402 random / 1.307 factory re-rendered mss here, 1.293 / 1.110 as descent
+steps (README, training section).
 """
 
 from __future__ import annotations
