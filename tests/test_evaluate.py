@@ -42,6 +42,10 @@ def test_evaluate_factory_every_method(tiny_run, tmp_path, capsys):
     assert methods["model+refine"]["renders_per_target"] == 1 + 1
     assert methods["model+proxy_search"]["renders_per_target"] == 0  # the proxy only
     assert methods["model+best_of_k"]["renders_per_target"] == 0
+    # the tiny run's 4 candidates (eval.best_of_k) and its 2 nearest gallery sounds' presets
+    # (eval.lookup_candidates) ranked by the proxy, then 2 rounds of 4 proxy renders
+    assert methods["model+best_of_k"]["proxy_renders_per_target"] == 4
+    assert methods["model+proxy_search"]["proxy_renders_per_target"] == 4 + 2 + 2 * 4
     # the same network, the same presets
     assert methods["param_only"]["metrics"]["mss"] == pytest.approx(methods["model"]["metrics"]["mss"])
     # refinement and search start from the prediction and keep it unless a plugin render beats it
@@ -94,6 +98,9 @@ def test_evaluate_folder_out_of_domain(tiny_run, tmp_path):
     # the pluck's own note (pYIN), not the run's: the search renders the proxy at that note
     assert result["per_target"][0]["note"] == 57
     assert np.isfinite(result["methods"]["model+proxy_search"]["metrics"]["mss"])
+    # without the training set no gallery presets join the ranking, and the result says so
+    assert result["methods"]["model+proxy_search"]["proxy_renders_per_target"] == 4 + 1 * 4
+    assert any("--no-dataset: no gallery presets" in n for n in result["notes"])
     assert "param_mae" not in result["methods"]["model"]["metrics"]  # out of domain: no parameters
     assert [b["passed"] for b in result["bars"]] == [None, None]
     assert out.with_suffix(".html").is_file()

@@ -32,6 +32,7 @@ TINY_OVERRIDES = [
     "optim.batch_size=16", "optim.log_every=10", "optim.eval_every=20", "optim.checkpoint_every=20",
     "eval.n_random=4", "eval.n_factory=2", "eval.val_distance=param", "eval.batch_size=8",
     "eval.proxy_search_rounds=2", "eval.proxy_search_candidates=4", "eval.best_of_k=4", "eval.proxy_refine_steps=0",
+    "eval.lookup_candidates=2",
 ]
 
 

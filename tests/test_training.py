@@ -309,7 +309,8 @@ def _tiny_fit_config(tmp_path: Path, name: str, *extra: str) -> Config:
         "optim.batch_size=4", "optim.steps=6", "optim.log_every=1", "optim.eval_every=3",
         "optim.checkpoint_every=2", "optim.lr_warmup_steps=0", "eval.n_random=4", "eval.n_factory=3",
         "eval.batch_size=4", "eval.proxy_search_rounds=1", "eval.proxy_search_candidates=2", "eval.best_of_k=3",
-        "eval.proxy_refine_steps=0", *extra])  # the refine row's compilation only where it is checked
+        # the refine row's compilation and the gallery's presets only where they are checked
+        "eval.proxy_refine_steps=0", "eval.lookup_candidates=0", *extra])
 
 
 def _losses(run_dir: Path) -> list[tuple[str, str]]:
@@ -322,7 +323,7 @@ def test_fit_end_to_end_through_the_real_plugin_and_resume(tmp_path, amsynth_pat
     from training.evaluate_core import load_predictor
     from training.train import train_and_evaluate
 
-    cfg = _tiny_fit_config(tmp_path, "full", "eval.proxy_refine_steps=2")
+    cfg = _tiny_fit_config(tmp_path, "full", "eval.proxy_refine_steps=2", "eval.lookup_candidates=2")
     summary = train_and_evaluate(cfg, progress=False, log=lambda *_: None)
     run = cfg.run_dir
     written = json.loads((run / "summary.json").read_text())
@@ -336,7 +337,7 @@ def test_fit_end_to_end_through_the_real_plugin_and_resume(tmp_path, amsynth_pat
         rows = written["eval"][set_name]
         assert (rows["model"]["proxy_renders"], rows["model+best_of_k"]["proxy_renders"],
                 rows["model+proxy_search"]["proxy_renders"], rows["model+proxy_refine"]["proxy_renders"]) == \
-            (0, 3, 3 + 2, 3 + 2 + 1)
+            (0, 3, 3 + 2 + 2, 3 + 2 + 2 + 1)  # 3 candidates and 2 gallery presets ranked, then 2 / 2 + 1
     assert summary["eval"] == written["eval"]
     assert list(written["eval_methods"]) == ["model", "model+best_of_k", "model+proxy_search", "model+proxy_refine",
                                              "mean_preset", "nearest_neighbour"]

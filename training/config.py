@@ -329,17 +329,18 @@ class EvalConfig:
     # target (k proxy renders, no plugin render); 0 skips it. model+proxy_search then starts from
     # that pick (its rounds come on top of these k renders).
     best_of_k: int = 16
-    # model+proxy_search's first ranking also holds the presets of the target's nearest gallery
-    # sounds (the nearest-neighbour lookup, log-mel): this many, each one proxy render more
-    lookup_candidates: int = 0
+    # the first ranking (where model+proxy_search and model+proxy_refine start) also holds the
+    # presets of the target's nearest gallery sounds (the nearest-neighbour lookup, log-mel): this
+    # many, each one proxy render more
+    lookup_candidates: int = 4
     # parameters each proxy_search candidate changes (about; 0: every continuous one and half the categoricals)
     proxy_search_mutations: int = 0
-    # model+proxy_refine: from model+best_of_k's pick (where model+proxy_search starts; the model's
-    # own preset when best_of_k is 0), this many Adam steps through the proxy on the continuous
-    # parameters, each target keeping the point of least proxy distance (steps + 1 proxy renders
-    # with gradient per target, no plugin render; training.refine.ProxyRefiner.descend); 0 skips
-    # it. Its learning rate in logit space:
-    proxy_refine_steps: int = 47
+    # model+proxy_refine: from the first ranking's pick (model+best_of_k's candidates and the
+    # lookup's presets: where model+proxy_search starts; the model's own preset when both are 0),
+    # this many Adam steps through the proxy on the continuous parameters, each target keeping the
+    # point of least proxy distance (steps + 1 proxy renders with gradient per target, no plugin
+    # render; training.refine.ProxyRefiner.descend); 0 skips it. Its learning rate in logit space:
+    proxy_refine_steps: int = 43
     proxy_refine_lr: float = 0.15
 
     def validate(self) -> None:

@@ -13,8 +13,11 @@ Methods, each scored on the plugin's re-render of its preset:
 * ``model+refine``: then gradient refinement through the proxy (``--refine-steps``); snapshots
   re-rendered by the plugin, best kept (the prediction included).
 * ``model+search``: the prediction, then CMA-ES through the plugin (``--search-renders``).
-* ``model+proxy_search``: the prediction, then ``training.proxy_search`` (proxy renders only; its
-  rounds and candidates are the run's ``eval.proxy_search_*``).
+* ``model+best_of_k``: the model's ``eval.best_of_k`` candidates ranked by the proxy.
+* ``model+proxy_search`` / ``model+proxy_refine``: from the best, by the proxy, of those candidates
+  and the presets of the target's ``eval.lookup_candidates`` nearest gallery sounds, a search
+  through the proxy (``training.proxy_search``; the run's ``eval.proxy_search_*``) / a descent
+  through it (``--proxy-refine-steps``); proxy renders only.
 * ``mean_preset``, ``random_preset``, ``nearest_neighbour`` (training sound nearest in log-mel).
 * ``param_only``: a parameter-loss-only run (``--param-run``, or found beside the run).
 * ``cma_mean``: CMA-ES from the mean preset at ``--cma-renders`` (default 500) renders.
@@ -312,6 +315,21 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             notes.append(f"model+refine's wall time leaves out the one-off compilation of the proxy's gradient "
                          f"({compile_s:.0f} s here; once per machine, shape and proxy version, then cached)")
 
+        # -- the run's training set: the mean preset and the nearest-neighbour gallery, whose
+        # presets also join the model's candidates in the first proxy ranking (eval.lookup_candidates)
+        dataset = near = None
+        n_lookup = cfg.eval.lookup_candidates if has_proxy else 0
+        if not args.no_dataset:
+            say("[eval] loading the run's training set (for the mean preset and nearest neighbour)")
+            dataset = build_dataset(data, progress=False, log=say)
+            emb = logmel_embeddings(dataset.lookup.audio, sr)  # the training presets at data.note
+            t0 = time.perf_counter()
+            near = nearest_neighbour(emb, logmel_embeddings(targets.model_input, sr), k=max(n_lookup, 1))
+            near = near.reshape(n, -1)  # [N, max(L, 1)], nearest first; targets at data.note too
+            t_lookup = time.perf_counter() - t0
+        elif n_lookup:
+            notes.append("--no-dataset: no gallery presets in the first proxy ranking (eval.lookup_candidates)")
+
         # -- the model's candidates ranked by the proxy, then the proxy-guided search (proxy forward
         # renders only: no plugin, no gradient): the fit's own rows (evaluate_core.model_rows), per note
         rounds = cfg.eval.proxy_search_rounds if args.proxy_search_rounds is None else args.proxy_search_rounds
@@ -327,16 +345,21 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
                 "steps) per target")
             got: dict[str, np.ndarray] = {}
             spent: dict[str, float] = {}
+            proxy_renders: dict[str, int] = {}
             for note in np.unique(targets.notes):
                 rows = np.flatnonzero(targets.notes == note)
-                out = model_rows(row_predictor, targets.audio[rows], None, args.seed, note=int(note),
+                lookup = dataset.lookup.normalized[near[rows, :n_lookup]] if near is not None and n_lookup else None
+                out = model_rows(row_predictor, targets.audio[rows], None, args.seed, note=int(note), lookup=lookup,
                                  outputs=(jax.tree.map(lambda x: x[rows], outs), t_model * len(rows) / n))
                 for name, row in out.items():
                     got.setdefault(name, pred.copy())[rows] = row.presets
                     spent[name] = spent.get(name, 0.0) + row.seconds_per_target * len(rows)
+                    proxy_renders[name] = row.proxy_renders  # per target, the same at every note
             for name in ("model+best_of_k", "model+proxy_search", "model+proxy_refine"):
                 if name in got:
-                    extra = {"rounds": rounds, "refine_steps": refine_steps, "best_of_k": run_cfg.eval.best_of_k}
+                    extra = {"rounds": rounds, "refine_steps": refine_steps, "best_of_k": run_cfg.eval.best_of_k,
+                             "lookup_candidates": n_lookup if near is not None else 0,
+                             "proxy_renders_per_target": proxy_renders[name]}
                     methods[name] = Method(got[name], spent[name], 0.0, extra)
 
         # -- model + CMA-ES
@@ -347,10 +370,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
             methods["model+search"] = Method(s.best, t_model + t_start_render + s.seconds, 1.0 + float(s.renders.mean()))
 
         # -- baselines
-        dataset = None
-        if not args.no_dataset:
-            say("[eval] loading the run's training set (for the mean preset and nearest neighbour)")
-            dataset = build_dataset(data, progress=False, log=say)
+        if dataset is not None:
             mean = mean_preset(layout, dataset.train.normalized)
         else:
             mean = np.asarray(layout.base_normalized, np.float64)
@@ -359,12 +379,8 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
         rng = np.random.default_rng([args.seed, 7])
         methods["random_preset"] = Method(sample_presets(synth_of(data), rng, n, frozen=dict(data.frozen)),
                                           0.0, 0.0)
-        if dataset is not None:
-            lookup = dataset.lookup  # the training presets at data.note (the gallery with a note range)
-            emb = logmel_embeddings(lookup.audio, sr)
-            t0 = time.perf_counter()
-            idx = nearest_neighbour(emb, logmel_embeddings(targets.model_input, sr))  # targets at data.note too
-            methods["nearest_neighbour"] = Method(lookup.normalized[idx], time.perf_counter() - t0, 0.0)
+        if near is not None:
+            methods["nearest_neighbour"] = Method(dataset.lookup.normalized[near[:, 0]], t_lookup, 0.0)
         param_run, diffs = (args.param_run, []) if args.param_run else find_param_run(args.run, cfg)
         if diffs:
             notes.append(f"the parameter-loss-only run {param_run} differs from the run in: {', '.join(diffs)}")
@@ -449,13 +465,13 @@ def summarise(args: argparse.Namespace, cfg: Any, targets: TargetSet, methods: d
         elif name == "cma_mean":
             desc += f" ({args.cma_renders} renders)"
         elif name == "model+proxy_search":
-            desc += (f" ({m.extra['best_of_k']} + {m.extra['rounds']} x {cfg.eval.proxy_search_candidates} proxy "
-                     "renders, compilation included)")
+            desc += (f" ({m.extra['best_of_k']} + {m.extra['lookup_candidates']} gallery + {m.extra['rounds']} x "
+                     f"{cfg.eval.proxy_search_candidates} proxy renders, compilation included)")
         elif name == "model+best_of_k":
             desc += f" ({m.extra['best_of_k']} proxy renders, compilation included)"
         elif name == "model+proxy_refine":
-            desc += (f" ({m.extra['best_of_k']} proxy renders + {m.extra['refine_steps'] + 1} with gradient, "
-                     "compilation excluded)")
+            desc += (f" ({m.extra['best_of_k']} + {m.extra['lookup_candidates']} gallery proxy renders + "
+                     f"{m.extra['refine_steps'] + 1} with gradient, compilation excluded)")
         elif name == "param_only":
             desc += f" ({m.extra.get('run')})"
         out_methods[name] = {
@@ -465,7 +481,8 @@ def summarise(args: argparse.Namespace, cfg: Any, targets: TargetSet, methods: d
             "n_ok": int(ok.sum()), "n_failed": int((~ok).sum()),
             "seconds_per_target": m.seconds / max(n, 1),
             "renders_per_target": m.renders,
-            **{k: m.extra[k] for k in ("compile_seconds", "curve", "selection_mean_mss") if k in m.extra},
+            **{k: m.extra[k] for k in ("compile_seconds", "curve", "selection_mean_mss", "proxy_renders_per_target")
+               if k in m.extra},
         }
     per_target = []
     for k in range(n):

@@ -340,16 +340,16 @@ def model_rows(predictor: Predictor, target_audio: np.ndarray,
                outputs: tuple[dict[str, Any], float] | None = None) -> dict[str, ModelRow]:
     """The trained model's rows on one target set, cheapest first: ``model`` (its one preset, no
     render), ``model+best_of_k`` (its ``eval.best_of_k`` candidates ranked by their proxy
-    render's distance to the target) and ``model+proxy_search`` (a guided search through the
-    proxy from that pick, ``eval.proxy_search_rounds`` x ``eval.proxy_search_candidates`` renders
-    more), ``model+proxy_refine`` (from the same pick, ``eval.proxy_refine_steps`` gradient steps
-    through the proxy, :func:`proxy_refine`). Targets play ``note`` (default: the run's ``data.note``). ``score(presets)`` scores
-    presets against the targets (a real-engine re-render; None: rows carry presets only). The
+    render's distance to the target), ``model+proxy_search`` (a guided search through the proxy
+    from the first ranking's pick, ``eval.proxy_search_rounds`` x ``eval.proxy_search_candidates``
+    renders more) and ``model+proxy_refine`` (from the same pick, ``eval.proxy_refine_steps``
+    gradient steps through the proxy, :func:`proxy_refine`). Targets play ``note`` (default: the
+    run's ``data.note``). ``score(presets)`` scores presets against the targets (a real-engine re-render; None: rows carry presets only). The
     proxy rows need a synth with a proxy. The encoder hears ``model_input`` (default: the
     targets) playing ``model_note`` (default: ``note``), or ``outputs`` gives what it answered
     (:meth:`Predictor.outputs`) and the seconds that took for the whole set.
     ``lookup`` [N, L, n_params]: presets of each target's nearest gallery sounds, which join the
-    model's candidates in ``model+proxy_search``'s first ranking (L proxy renders more)."""
+    model's candidates in the first ranking (L proxy renders more; not in ``model+best_of_k``)."""
     cfg, layout = predictor.cfg, predictor.layout
     data = cfg.data if note is None else replace(cfg.data, note=int(note))
     n = max(len(target_audio), 1)

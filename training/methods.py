@@ -22,8 +22,9 @@ METHOD_NOTES = {
                           "gallery sounds ranked by the proxy, the best improved through the proxy alone "
                           "(training.proxy_search: eval.proxy_search_rounds x eval.proxy_search_candidates more proxy "
                           "renders per target; no real-engine render)",
-    "model+proxy_refine": "model+best_of_k's pick (where model+proxy_search starts), then eval.proxy_refine_steps "
-                          "Adam steps through the proxy on the continuous parameters (categoricals held), each target "
+    "model+proxy_refine": "model+proxy_search's start (the pick of model+best_of_k's candidates and the "
+                          "eval.lookup_candidates nearest gallery sounds' presets, ranked by the proxy), then "
+                          "eval.proxy_refine_steps Adam steps through the proxy on the continuous parameters (categoricals held), each target "
                           "keeping the point of least proxy distance (training.refine.ProxyRefiner.descend: steps + 1 "
                           "proxy renders with gradient per target more; no real-engine render)",
     "mean_preset": "mean training preset (most frequent choice of each categorical)",
