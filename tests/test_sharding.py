@@ -58,6 +58,9 @@ from diffsynth.runtime import configure_xla
 configure_xla()
 import jax
 
+# a cache of this test's own: the resumed one-device fit reuses the first one's compilations
+jax.config.update("jax_compilation_cache_dir", str(Path(sys.argv[1]) / "jax-cache"))
+
 from training.config import ConfigError, RunConfig, load_config
 from training.state import make_mesh
 from training.train import train_and_evaluate

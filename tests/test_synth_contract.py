@@ -141,15 +141,17 @@ def test_proxy_agrees_and_has_finite_gradients(synth, rendered):
 
     proxy = synth.proxy()
     target = jnp.asarray(a[:1])
+
+    def loss(x, probs):
+        audio = proxy.render(proxy.to_controls(x, probs), pitch[:1], vel[:1], config, None)
+        return jnp.mean(multi_resolution_stft_loss(audio, target))
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))  # one compilation for the three points
     for edge in (0.0, 0.5, 1.0):
         x = jnp.asarray(np.asarray(synth.spec.snap_normalized(np.full((1, synth.spec.n_params), edge))), jnp.float32)
         probs = {k: v.astype(jnp.float32) for k, v in proxy.one_hot(x).items()}
 
-        def loss(x, probs):
-            audio = proxy.render(proxy.to_controls(x, probs), pitch[:1], vel[:1], config, None)
-            return jnp.mean(multi_resolution_stft_loss(audio, target))
-
-        value, (gx, gp) = jax.value_and_grad(loss, argnums=(0, 1))(x, probs)
+        value, (gx, gp) = value_and_grad(x, probs)
         assert np.isfinite(float(value))
         assert np.all(np.isfinite(np.asarray(gx))), f"non-finite gradient at normalized {edge}"
         assert all(np.all(np.isfinite(np.asarray(g))) for g in gp.values())
