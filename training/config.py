@@ -326,8 +326,8 @@ class EvalConfig:
     proxy_search_candidates: int = 8
     proxy_search_sigma: float = 0.25
     # model+best_of_k: the model's k candidate presets ranked by their proxy render's distance to the
-    # target (k proxy renders, no plugin render); 0 skips it. model+proxy_search then starts from
-    # that pick (its rounds come on top of these k renders).
+    # target (k proxy renders, no plugin render); 0 skips it. These k, with the lookup's presets
+    # below, are the first ranking, from whose pick model+proxy_search and model+proxy_refine start.
     best_of_k: int = 16
     # the first ranking (where model+proxy_search and model+proxy_refine start) also holds the
     # presets of the target's nearest gallery sounds (the nearest-neighbour lookup, log-mel): this

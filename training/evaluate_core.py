@@ -344,10 +344,11 @@ def model_rows(predictor: Predictor, target_audio: np.ndarray,
     from the first ranking's pick, ``eval.proxy_search_rounds`` x ``eval.proxy_search_candidates``
     renders more) and ``model+proxy_refine`` (from the same pick, ``eval.proxy_refine_steps``
     gradient steps through the proxy, :func:`proxy_refine`). Targets play ``note`` (default: the
-    run's ``data.note``). ``score(presets)`` scores presets against the targets (a real-engine re-render; None: rows carry presets only). The
-    proxy rows need a synth with a proxy. The encoder hears ``model_input`` (default: the
-    targets) playing ``model_note`` (default: ``note``), or ``outputs`` gives what it answered
-    (:meth:`Predictor.outputs`) and the seconds that took for the whole set.
+    run's ``data.note``). ``score(presets)`` scores presets against the targets (a real-engine
+    re-render; None: rows carry presets only). The proxy rows need a synth with a proxy. The
+    encoder hears ``model_input`` (default: the targets) playing ``model_note`` (default:
+    ``note``), or ``outputs`` gives what it answered (:meth:`Predictor.outputs`) and the seconds
+    that took for the whole set.
     ``lookup`` [N, L, n_params]: presets of each target's nearest gallery sounds, which join the
     model's candidates in the first ranking (L proxy renders more; not in ``model+best_of_k``)."""
     cfg, layout = predictor.cfg, predictor.layout
