@@ -380,7 +380,7 @@ def model_rows(predictor: Predictor, target_audio: np.ndarray,
         if k > 0:
             mine = own[np.arange(len(own)), ranked.distances[:, :k].argmin(axis=1)]
             rows["model+best_of_k"] = ModelRow(scored(mine), (t_pred + spent * k / pool.shape[1]) / n, k, mine)
-    refine_from = (start, spent, renders)  # model+proxy_refine starts where the search does
+    # model+proxy_search and model+proxy_refine both start from the ranking's pick (start)
     if cfg.eval.proxy_search_rounds > 0:
         probs = tuple(np.asarray(p) for p in probabilities(outs))
         found = proxy_search(data, layout, start, probs, target_audio, rounds=cfg.eval.proxy_search_rounds,
@@ -390,7 +390,6 @@ def model_rows(predictor: Predictor, target_audio: np.ndarray,
                                               renders + found.renders_per_target, found.presets)
     steps = cfg.eval.proxy_refine_steps
     if steps > 0:
-        start, spent, renders = refine_from
         refined, seconds = proxy_refine(data, cfg.loss.fft_sizes, start, target_audio, steps, cfg.eval.proxy_refine_lr,
                                         seed=seed, batch_size=min(cfg.eval.batch_size, _REFINE_BATCH))
         rows["model+proxy_refine"] = ModelRow(scored(refined), (t_pred + spent + seconds) / n, renders + steps + 1,

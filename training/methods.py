@@ -24,9 +24,10 @@ METHOD_NOTES = {
                           "renders per target; no real-engine render)",
     "model+proxy_refine": "model+proxy_search's start (the pick of model+best_of_k's candidates and the "
                           "eval.lookup_candidates nearest gallery sounds' presets, ranked by the proxy), then "
-                          "eval.proxy_refine_steps Adam steps through the proxy on the continuous parameters (categoricals held), each target "
-                          "keeping the point of least proxy distance (training.refine.ProxyRefiner.descend: steps + 1 "
-                          "proxy renders with gradient per target more; no real-engine render)",
+                          "eval.proxy_refine_steps Adam steps through the proxy on the continuous parameters "
+                          "(categoricals held), each target keeping the point of least proxy distance "
+                          "(training.refine.ProxyRefiner.descend: steps + 1 proxy renders with gradient per target "
+                          "more; no real-engine render)",
     "mean_preset": "mean training preset (most frequent choice of each categorical)",
     "random_preset": "a random preset from the synth's sampling prior",
     "nearest_neighbour": "training preset whose real-engine render at the target's note is nearest in log-mel "
