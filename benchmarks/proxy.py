@@ -14,8 +14,10 @@ Per shape:
   :mod:`diffsynth.runtime` makes one device per core, as the plugin's pool has one process per
   core); ``fwd_one_device``: the same on one device (with several devices only);
 * ``grad`` (and ``grad_one_device``): value and gradient of the batch-mean multi-resolution STFT distance
-  (``diffsynth.losses.multi_resolution_stft_loss``, FFT 64..2048) of the rendered batch to a
-  target batch, w.r.t. the normalized inputs (what a spectral training step costs);
+  (``diffsynth.losses.multi_resolution_stft_loss``) of the rendered batch to a target batch, w.r.t.
+  the normalized inputs (what a spectral training step costs), at ``--fft-sizes`` (default: the
+  default config's ``loss.fft_sizes``, the training loss); ``grad_eval_sizes``: the same at the
+  evaluation's FFT sizes (64..2048), timed too when the two differ;
 * ``plugin``: :class:`proxies.host.RenderPool` with ``--workers`` processes and the host's
   determinism protocol (what the data pipeline uses), pool start-up excluded;
 * ``grad_pretarget`` (``--precomputed-target``): ``grad`` with the target's spectra computed once
@@ -54,6 +56,22 @@ SHAPES = {
 }
 
 
+#: the FFT sizes of the evaluation's distance (training.evaluate_core's mss)
+EVAL_FFT_SIZES = (64, 128, 256, 512, 1024, 2048)
+
+
+def _fft_sizes(text: str | None) -> tuple[int, ...]:
+    """``--fft-sizes``: comma-separated powers of two, or None for the default config's training loss."""
+    if text is None:
+        from training.config import load_config  # noqa: PLC0415
+
+        return tuple(load_config(Path(__file__).resolve().parents[1] / "configs" / "amsynth.toml").loss.fft_sizes)
+    sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    if not sizes or any(n < 16 or n & (n - 1) for n in sizes):
+        raise ValueError(f"expected powers of two >= 16, e.g. 128,512,2048; got {text!r}")
+    return sizes
+
+
 def _first(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -81,7 +99,7 @@ def _median_ms(fn, runs: int) -> float:
     return 1e3 * statistics.median(ts)
 
 
-def _profile(n, target, config, runs: int) -> dict:
+def _profile(n, target, config, runs: int, fft_sizes: tuple[int, ...]) -> dict:
     """Forward and forward + backward time (ms) of each stage of the render and the loss."""
     import jax
     import jax.numpy as jnp
@@ -113,7 +131,7 @@ def _profile(n, target, config, runs: int) -> dict:
         return jnp.stack(dsfx.peak_limiter(s[:, 0], s[:, 1], sr), 1)
 
     def loss(a):
-        return jnp.mean(multi_resolution_stft_loss(a[:, :, :n_samples], target))
+        return jnp.mean(multi_resolution_stft_loss(a[:, :, :n_samples], target, fft_sizes=fft_sizes))
 
     dist_out = jax.jit(distortion)(mono, expo)
     rev_out = jax.jit(reverb)(dist_out, room, damp, wet, width)
@@ -164,8 +182,8 @@ def run_shape(name: str, shape: dict, args, pool_cls, note_cls) -> dict:
     def render(x):
         return cal.render_normalized(x, config)
 
-    def distances(x, t):
-        return multi_resolution_stft_loss(render(x), t)
+    def distances(x, t, sizes=tuple(args.fft_sizes)):
+        return multi_resolution_stft_loss(render(x), t, fft_sizes=sizes)
 
     # the rows split over the local devices (diffsynth.parallel; on CPU one per core), and on one device
     fwd = jax.jit(batch_parallel(render, (True,)))
@@ -173,6 +191,10 @@ def run_shape(name: str, shape: dict, args, pool_cls, note_cls) -> dict:
     fwd_one = jax.jit(render)
     grad_one = jax.jit(jax.value_and_grad(lambda x: jnp.mean(distances(x, target))))
     timed = {"fwd": lambda: jax.block_until_ready(fwd(n)), "grad": lambda: jax.block_until_ready(grad(n))}
+    if tuple(args.fft_sizes) != EVAL_FFT_SIZES:  # the training loss is cheaper than the evaluation's distance
+        grad_eval = jax.jit(jax.value_and_grad(lambda x: jnp.mean(batch_parallel(
+            lambda y, t: distances(y, t, EVAL_FFT_SIZES), (True, True))(x, target))))
+        timed["grad_eval_sizes"] = lambda: jax.block_until_ready(grad_eval(n))
     if len(jax.local_devices()) > 1:
         timed.update(fwd_one_device=lambda: jax.block_until_ready(fwd_one(n)),
                      grad_one_device=lambda: jax.block_until_ready(grad_one(n)))
@@ -211,19 +233,24 @@ def run_shape(name: str, shape: dict, args, pool_cls, note_cls) -> dict:
         f"{name}_grad_compile_s": first["grad"] - med["grad"],
         f"{name}_shape": dict(shape),
     }
+    res[f"{name}_fft_sizes"] = list(args.fft_sizes)
+    if "grad_eval_sizes" in med:
+        res[f"{name}_grad_eval_sizes_vs_plugin"] = med["plugin"] / med["grad_eval_sizes"]
+        res[f"{name}_grad_eval_sizes_s"] = med["grad_eval_sizes"]
     for k in ("fwd", "grad"):
         if f"{k}_one_device" in med:
             res[f"{name}_{k}_one_device_vs_plugin"] = med["plugin"] / med[f"{k}_one_device"]
     if "grad_pretarget" in med:
         res[f"{name}_grad_pretarget_vs_plugin"] = med["plugin"] / med["grad_pretarget"]
         res[f"{name}_grad_pretarget_s"] = med["grad_pretarget"]
-    for k in ("fwd_xrt", "grad_xrt", "plugin_xrt", "fwd_vs_plugin", "grad_vs_plugin", "fwd_one_device_vs_plugin",
+    for k in ("fwd_xrt", "grad_xrt", "plugin_xrt", "fwd_vs_plugin", "grad_vs_plugin", "grad_eval_sizes_vs_plugin",
+              "fwd_one_device_vs_plugin",
               "grad_one_device_vs_plugin", "grad_pretarget_vs_plugin",
               "fwd_compile_s", "grad_compile_s"):
         if f"{name}_{k}" in res:
             print(f"{name}_{k:24s} {res[f'{name}_{k}']:10.2f}", flush=True)
     if not args.no_profile:
-        prof = _profile(n, target, config, args.runs)
+        prof = _profile(n, target, config, args.runs, tuple(args.fft_sizes))
         res[f"{name}_profile"] = prof
         print(f"[{name}] per-stage profile (ms; share of the stages' sum)")
         for stage, v in prof.items():
@@ -241,9 +268,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shapes", default="train,big", help="comma-separated subset of: " + ", ".join(SHAPES))
     p.add_argument("--no-profile", action="store_true", help="skip the per-stage profile")
+    p.add_argument("--fft-sizes", default=None, help="FFT sizes of the gradient's loss, comma-separated "
+                   "(default: configs/amsynth.toml's loss.fft_sizes, the training loss)")
     p.add_argument("--precomputed-target", action="store_true",
                    help="also time the gradient against precomputed target spectra (grad_pretarget)")
     args = p.parse_args(argv)
+    try:
+        args.fft_sizes = _fft_sizes(args.fft_sizes)
+    except ValueError as e:
+        p.error(f"--fft-sizes: {e}")
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown or not shapes:

@@ -4,6 +4,7 @@ through the real plugin (with resume after an interruption)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -127,6 +128,25 @@ def test_config_round_trips_through_dict():
 
     cfg = load_config(ROOT / "configs" / "amsynth.toml", ["data.frozen={ osc2_sync = 1.0 }"])
     assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_run_made_before_a_key_existed_resumes_with_its_default(tmp_path):
+    """A run whose config.json lacks a key added since (here data.train_on_gallery) resumes when the
+    config gives that key its default, and is refused when it gives another value."""
+    from training.train import _check_and_write_config
+
+    cfg = load_config(ROOT / "configs" / "amsynth.toml", [f"run.runs_dir={tmp_path}"])
+    old = cfg.to_dict()
+    del old["data"]["train_on_gallery"]
+    run = tmp_path / "amsynth"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(old))
+    _check_and_write_config(cfg, run)  # no error: the default is what the old run did
+    assert json.loads((run / "config.json").read_text())["data"]["train_on_gallery"] is False
+    (run / "config.json").write_text(json.dumps(old))
+    other = load_config(ROOT / "configs" / "amsynth.toml", [f"run.runs_dir={tmp_path}", "data.train_on_gallery=true"])
+    with pytest.raises(ConfigError, match=r"different config \(data.train_on_gallery: None -> True"):
+        _check_and_write_config(other, run)
 
 
 # ------------------------------------------------------------------------------------ heads and models
@@ -374,7 +394,7 @@ def test_fit_on_many_notes_with_a_many_answer_head(tmp_path, amsynth_path, head)
 
     cfg = _tiny_fit_config(tmp_path, head, f"model.head={head}", "model.bins=8", "model.hypotheses=3",
                            "model.flow_hidden=32", "model.flow_steps=4",
-                           "data.note_range=[40, 80]", "data.velocity_range=[60, 127]")
+                           "data.note_range=[40, 80]", "data.velocity_range=[60, 127]", "data.train_on_gallery=true")
     ds = build_dataset(cfg.data, progress=False, log=lambda *_: None)
     assert ds.train.pitch.min() >= 40 and ds.train.pitch.max() <= 80 and len(set(ds.train.pitch.tolist())) > 4
     assert len(set(ds.train.velocity.tolist())) > 4 and set(ds.test.pitch.tolist()) == {60}
@@ -383,7 +403,17 @@ def test_fit_on_many_notes_with_a_many_answer_head(tmp_path, amsynth_path, head)
     # a training preset played at another note sounds different from its gallery render
     moved = ds.train.pitch != 60
     assert np.abs(ds.train.audio[moved].astype(np.float32) - ds.gallery.audio[moved].astype(np.float32)).max() > 0.01
-    summary = train_and_evaluate(cfg, progress=False, log=lambda *_: None)
+    # data.train_on_gallery: the model trains on both renders of each preset; the setting chooses what
+    # training reads, not what is rendered (the same dataset folder either way)
+    both, n = ds.training_split(True), len(ds.train)
+    assert len(both) == 2 * n and np.array_equal(both.audio[:n], ds.train.audio)
+    assert np.array_equal(both.audio[n:], ds.gallery.audio) and set(both.pitch[n:].tolist()) == {60}
+    assert np.array_equal(both.normalized[n:], both.normalized[:n]) and ds.training_split(False) is ds.train
+    alone = dataclasses.replace(cfg.data, train_on_gallery=False)
+    assert build_dataset(alone, progress=False, log=lambda *_: None).root == ds.root
+    logs: list[str] = []
+    summary = train_and_evaluate(cfg, progress=False, log=logs.append)
+    assert any(f"training on {2 * n} sounds" in m for m in logs), logs
     for set_name in ("random", "factory"):
         rows = summary["eval"][set_name]
         assert all(np.isfinite(rows[m]["mss"]) for m in ("model", "model+best_of_k", "model+proxy_search"))

@@ -106,6 +106,12 @@ class DataConfig:
     # "gallery" split) for the nearest-neighbour lookup at the held-out sets' note.
     note_range: tuple[int, ...] = (36, 84)
     velocity_range: tuple[int, ...] = (70, 127)
+    # The gallery's sounds (the training presets again, at data.note) join the training split: rendered
+    # anyway for the lookup, they double the sounds the model learns from at no rendering cost. Off by
+    # default: it helped the network alone on random targets and hurt factory ones (README, training
+    # section). Changes no rendered file (not in the dataset's fingerprint); without a note range
+    # there is no gallery and this does nothing.
+    train_on_gallery: bool = False
     hold_s: float = 0.6
     workers: int = 2
     backend: Literal["process", "ray"] = "process"  # render with the local process pool, or Ray tasks

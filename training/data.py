@@ -307,12 +307,21 @@ class Dataset:
         """The nearest-neighbour gallery at the held-out sets' note: ``gallery``, else ``train``."""
         return self.gallery if self.gallery is not None else self.train
 
+    def training_split(self, with_gallery: bool) -> Split:
+        """What the model trains on: ``train``, followed by ``gallery`` when ``with_gallery`` and there
+        is one (``data.train_on_gallery``; each preset then plays its random note and data.note)."""
+        if not with_gallery or self.gallery is None:
+            return self.train
+        return Split(**{f.name: np.concatenate([getattr(self.train, f.name), getattr(self.gallery, f.name)])
+                        for f in dataclasses.fields(Split)})
+
 
 def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | None) -> dict[str, Any]:
     """Everything that determines the dataset's content (not ``workers``, ``backend``,
-    ``ray_address`` or ``cache_dir``: every backend renders the same files)."""
+    ``ray_address`` or ``cache_dir``: every backend renders the same files; not
+    ``train_on_gallery``, which only chooses what training reads)."""
     fields = dataclasses.asdict(cfg)
-    for k in ("workers", "backend", "ray_address", "cache_dir"):
+    for k in ("workers", "backend", "ray_address", "cache_dir", "train_on_gallery"):
         fields.pop(k)
     fields["frozen"] = dict(sorted(cfg.frozen.items()))
     if not fields["spec"]:  # a registered synth: its spec is in spec_sha256

@@ -177,8 +177,12 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
 
     dataset = build_dataset(cfg.data, progress=progress, log=log)
     data_seconds = time.perf_counter() - t_start
+    train = dataset.training_split(cfg.data.train_on_gallery)
+    if len(train) > len(dataset.train):
+        log(f"[fit] training on {len(train)} sounds: {len(dataset.train)} training presets at their random notes "
+            f"and the same presets at note {cfg.data.note} (the gallery; data.train_on_gallery)")
     feature_fn = make_feature_fn(cfg.features, cfg.data.sample_rate)
-    state = replicate(create_train_state(cfg, layout, feature_fn, dataset.train.audio), mesh)
+    state = replicate(create_train_state(cfg, layout, feature_fn, train.audio), mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f"[fit] {cfg.model.kind} on {cfg.features.kind}: {n_params:,} weights; predicts "
         f"{layout.n_continuous} continuous + {len(layout.n_choices)} categorical parameters; "
@@ -202,7 +206,6 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     _, lr_schedule = make_optimizer(cfg.optim)
     base_key = jax.random.key(cfg.run.seed + 1)
 
-    train = dataset.train
     batches = iterate_batches(len(train), cfg.optim.batch_size, cfg.run.seed, start_step)
     renderer = EngineRenderer(cfg.data).__enter__()  # validation and final evaluation share its workers
     bar = _bar(start_step, cfg.optim.steps, progress)
@@ -436,9 +439,11 @@ def _check_and_write_config(cfg: Config, run_dir: Path) -> None:
         except ValueError as e:
             raise ConfigError(f"{path} is damaged ({str(e).splitlines()[0][:200]}); expected the config.json fit "
                               f"wrote. Fix: restore it, or start over with --fresh (deletes {run_dir})") from None
+        # a key the run's config.json lacks was added since, and had its default's meaning then
+        defaults = Config().to_dict()
         diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, table in new.items() for k, v in table.items()
                  if (s, None) not in _RESUME_EXEMPT and (s, k) not in _RESUME_EXEMPT
-                 and old.get(s, {}).get(k) != v]
+                 and old.get(s, {}).get(k, defaults[s].get(k)) != v]
         if diffs and (run_dir / "checkpoints").exists():
             raise ConfigError(f"{run_dir} holds a run with a different config ({'; '.join(diffs[:5])}); "
                               f"expected the same config to resume. Fix: pick a new run.name (--set run.name=...) "
