@@ -56,10 +56,6 @@ SHAPES = {
 }
 
 
-#: the FFT sizes of the evaluation's distance (training.evaluate_core's mss)
-EVAL_FFT_SIZES = (64, 128, 256, 512, 1024, 2048)
-
-
 def _fft_sizes(text: str | None) -> tuple[int, ...]:
     """``--fft-sizes``: comma-separated powers of two, or None for the default config's training loss."""
     if text is None:
@@ -166,7 +162,7 @@ def run_shape(name: str, shape: dict, args, pool_cls, note_cls) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from diffsynth.losses import loss_against, multi_resolution_stft_loss, precompute_target
+    from diffsynth.losses import DEFAULT_FFT_SIZES, loss_against, multi_resolution_stft_loss, precompute_target
     from diffsynth.parallel import batch_parallel
     from proxies.amsynth import calibration as cal
     from proxies.amsynth.spec import AMSYNTH
@@ -191,9 +187,9 @@ def run_shape(name: str, shape: dict, args, pool_cls, note_cls) -> dict:
     fwd_one = jax.jit(render)
     grad_one = jax.jit(jax.value_and_grad(lambda x: jnp.mean(distances(x, target))))
     timed = {"fwd": lambda: jax.block_until_ready(fwd(n)), "grad": lambda: jax.block_until_ready(grad(n))}
-    if tuple(args.fft_sizes) != EVAL_FFT_SIZES:  # the training loss is cheaper than the evaluation's distance
+    if tuple(args.fft_sizes) != DEFAULT_FFT_SIZES:  # the training loss is cheaper than the evaluation's distance
         grad_eval = jax.jit(jax.value_and_grad(lambda x: jnp.mean(batch_parallel(
-            lambda y, t: distances(y, t, EVAL_FFT_SIZES), (True, True))(x, target))))
+            lambda y, t: distances(y, t, DEFAULT_FFT_SIZES), (True, True))(x, target))))
         timed["grad_eval_sizes"] = lambda: jax.block_until_ready(grad_eval(n))
     if len(jax.local_devices()) > 1:
         timed.update(fwd_one_device=lambda: jax.block_until_ready(fwd_one(n)),

@@ -76,7 +76,8 @@ def _stft_power(x: jax.Array, n_fft: int, hop_length: int) -> jax.Array:
     return spectral.power_spectrogram(spectral.stft_frames_major(x, n_fft, hop_length))
 
 
-_DEFAULT_FFT_SIZES = (64, 128, 256, 512, 1024, 2048)
+#: the multi-resolution STFT distance's default FFT sizes (the evaluation's ``mss``)
+DEFAULT_FFT_SIZES = (64, 128, 256, 512, 1024, 2048)
 
 
 def _check_mrstft(fft_sizes, eps) -> tuple[int, ...]:
@@ -213,7 +214,7 @@ def _per_row(fn, row_args: Sequence, batch_shapes: Sequence[tuple[int, ...]], ou
 
 def precompute_target(
     target: jax.Array,
-    fft_sizes: Sequence[int] = _DEFAULT_FFT_SIZES,
+    fft_sizes: Sequence[int] = DEFAULT_FFT_SIZES,
     hop_ratio: float = 0.25,
     eps: float = 1e-7,
 ) -> STFTTarget:
@@ -307,7 +308,7 @@ def loss_against(
 def multi_resolution_stft_loss(
     pred: jax.Array,
     target: jax.Array,
-    fft_sizes: Sequence[int] = _DEFAULT_FFT_SIZES,
+    fft_sizes: Sequence[int] = DEFAULT_FFT_SIZES,
     hop_ratio: float = 0.25,
     linear_weight: float = 1.0,
     log_weight: float = 1.0,

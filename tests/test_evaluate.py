@@ -146,6 +146,11 @@ def test_find_param_run_prefers_the_same_setup(tmp_path):
     assert find_param_run(run, cfg) == (loose, ["model.hidden"])
     exact = make("param", ["loss.schedule=param", "data.workers=1"])
     assert find_param_run(run, cfg) == (exact, [])
+    # a run made before a key existed (its config.json lacks it) did what the key's default does
+    old = json.loads((exact / "config.json").read_text())
+    del old["data"]["train_on_gallery"]
+    (exact / "config.json").write_text(json.dumps(old))
+    assert find_param_run(run, cfg) == (exact, [])
 
 
 @pytest.mark.plugin

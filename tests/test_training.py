@@ -145,7 +145,7 @@ def test_a_run_made_before_a_key_existed_resumes_with_its_default(tmp_path):
     assert json.loads((run / "config.json").read_text())["data"]["train_on_gallery"] is False
     (run / "config.json").write_text(json.dumps(old))
     other = load_config(ROOT / "configs" / "amsynth.toml", [f"run.runs_dir={tmp_path}", "data.train_on_gallery=true"])
-    with pytest.raises(ConfigError, match=r"different config \(data.train_on_gallery: None -> True"):
+    with pytest.raises(ConfigError, match=r"different config \(data.train_on_gallery: False -> True\)"):
         _check_and_write_config(other, run)
 
 

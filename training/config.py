@@ -501,6 +501,15 @@ def _read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
+def with_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (a run's ``config.json``, :meth:`Config.to_dict`'s layout) with every key it
+    lacks at its default: a run made before a key existed did what the key's default does."""
+    out: dict[str, Any] = Config().to_dict()
+    for section, table in raw.items():
+        out[section] = {**out.get(section, {}), **table} if isinstance(table, Mapping) else table
+    return out
+
+
 def from_dict(raw: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from nested dicts (as TOML gives them)."""
     unknown = sorted(set(raw) - set(SECTIONS))

@@ -178,6 +178,8 @@ def find_param_run(run: Path, cfg: Any) -> tuple[Path | None, list[str]]:
     parameters). Among those, runs whose whole ``[data]`` (workers and paths aside), ``[features]``
     and ``[model]`` equal the run's come first (then the newest); ``differences`` lists the keys
     that differ otherwise, for the report."""
+    from training.config import with_defaults
+
     sound = ("synth", "sample_rate", "duration_s", "note", "velocity", "hold_s", "frozen")
     ignore = {"workers", "cache_dir", "shard_size"}
     mine = cfg.to_dict()
@@ -189,6 +191,9 @@ def find_param_run(run: Path, cfg: Any) -> tuple[Path | None, list[str]]:
             other = json.loads((d / "config.json").read_text())
         except ValueError:
             continue
+        if not isinstance(other, dict):
+            continue
+        other = with_defaults(other)  # keys added since that run was made: their defaults, as in cfg
         if other.get("loss", {}).get("schedule") != "param":
             continue
         if any(other.get("data", {}).get(k) != mine["data"].get(k) for k in sound):

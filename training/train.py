@@ -37,7 +37,7 @@ import optax
 
 from proxies.files import atomic_write_bytes, atomic_write_json
 from training import evaluate_core
-from training.config import Config, ConfigError, LossConfig
+from training.config import Config, ConfigError, LossConfig, with_defaults
 from training.data import Dataset, EngineRenderer, build_dataset, iterate_batches, synth_of
 from training.features import make_feature_fn
 from training.heads import HeadLayout, hard_normalized, head_layout, note_features, targets_from_normalized
@@ -439,11 +439,10 @@ def _check_and_write_config(cfg: Config, run_dir: Path) -> None:
         except ValueError as e:
             raise ConfigError(f"{path} is damaged ({str(e).splitlines()[0][:200]}); expected the config.json fit "
                               f"wrote. Fix: restore it, or start over with --fresh (deletes {run_dir})") from None
-        # a key the run's config.json lacks was added since, and had its default's meaning then
-        defaults = Config().to_dict()
+        old = with_defaults(old)  # keys added since the run was made: their defaults
         diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, table in new.items() for k, v in table.items()
                  if (s, None) not in _RESUME_EXEMPT and (s, k) not in _RESUME_EXEMPT
-                 and old.get(s, {}).get(k, defaults[s].get(k)) != v]
+                 and old.get(s, {}).get(k) != v]
         if diffs and (run_dir / "checkpoints").exists():
             raise ConfigError(f"{run_dir} holds a run with a different config ({'; '.join(diffs[:5])}); "
                               f"expected the same config to resume. Fix: pick a new run.name (--set run.name=...) "
