@@ -14,7 +14,7 @@ i.e. librosa's.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -576,7 +576,7 @@ def test_many_answer_losses_and_candidates():
     layout = _layout()
     presets = AMSYNTH.sample_normalized(np.random.default_rng(5), 3)
     t = targets_from_normalized(layout, presets)
-    nc, nb = layout.n_continuous, 8
+    nb = 8
     centers = np.asarray(bin_centers(nb))
     logits = tuple(10.0 * jax.nn.one_hot(t["choice"][:, j], k) for j, k in enumerate(layout.n_choices))
     near = -0.5 * ((centers - np.asarray(t["continuous"])[..., None]) * (nb - 1)) ** 2
