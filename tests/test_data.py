@@ -14,8 +14,8 @@ import pytest
 
 from proxies.amsynth.spec import AMSYNTH
 from training.config import load_config
-from training.data import (build_dataset, dataset_dir, data_fingerprint, factory_presets, fit_factory_prior,
-                           iterate_batches, sample_presets, split_presets)
+from training.data import (build_dataset, dataset_dir, data_fingerprint, factory_eval_presets, factory_presets,
+                           fit_factory_prior, iterate_batches, sample_presets, split_presets, training_factory_prior)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +75,34 @@ def test_factory_prior_matches_factory_frequencies_and_mixes():
     assert abs(np.mean(u[:, att]) - 0.5) < 0.03
     m = sample_presets(AMSYNTH, np.random.default_rng(0), 4000, prior, factory_weight=0.5)
     assert np.mean(x[:, att]) < np.mean(m[:, att]) < np.mean(u[:, att])
+
+
+def test_factory_prior_holds_out_the_factory_targets_and_leaves_the_test_split_uniform(tmp_path):
+    uniform = tiny(tmp_path, "data.n_test=40").data
+    cfg = tiny(tmp_path, "data.n_test=40", "data.factory_prior_weight=0.5").data
+    names, fac = factory_presets("amsynth")
+    held_names, held = factory_eval_presets(cfg, 256)
+    prior = training_factory_prior(cfg, 256)
+    assert training_factory_prior(uniform, 256) is None
+    # fitted to the corpus without the 256 presets the evaluation scores (rows, not names: names repeat)
+    rest = np.array([not any(np.array_equal(row, h) for h in held) for row in fac])
+    assert len(fac) - rest.sum() >= 256
+    assert prior.digest() == fit_factory_prior(AMSYNTH, fac[rest]).digest()
+    assert prior.digest() != fit_factory_prior(AMSYNTH, fac).digest()
+    assert training_factory_prior(cfg, 32).digest() != prior.digest()
+    # the random targets are the uniform prior's whatever the weight; training presets are not
+    assert np.array_equal(split_presets(cfg, "test", prior), split_presets(uniform, "test"))
+    assert not np.array_equal(split_presets(cfg, "train", prior), split_presets(uniform, "train"))
+    att = AMSYNTH.index_of("amp_attack")
+    many = tiny(tmp_path, "data.n_train=2000", "data.factory_prior_weight=0.5").data
+    assert np.mean(split_presets(many, "train", prior)[:, att]) < np.mean(split_presets(uniform, "test")[:, att]) - 0.1
+    with pytest.raises(ValueError, match="training_factory_prior"):
+        split_presets(cfg, "train")
+    with pytest.raises(ValueError, match="n_eval_factory"):
+        build_dataset(cfg, progress=False, log=quiet)
+    # a dataset made before the test split was uniform is not reused
+    assert data_fingerprint(cfg, AMSYNTH, prior)["test_prior"] == "uniform"
+    assert "test_prior" not in data_fingerprint(uniform, AMSYNTH, None)
 
 
 def test_fingerprint_ignores_workers_but_not_content(tmp_path):

@@ -82,9 +82,11 @@ class RunConfig:
 class DataConfig:
     """[data]: which presets are sampled and how they are rendered through the real plugin.
 
-    ``factory_prior_weight`` mixes the two sampling priors: each preset is drawn from the prior
-    fitted to the factory presets with this probability and from the spec's uniform prior
-    otherwise (0 = uniform only, 1 = factory-fitted only). ``frozen`` pins parameters (name ->
+    ``factory_prior_weight`` mixes the two sampling priors: each training and validation preset is
+    drawn from the prior fitted to the factory presets with this probability and from the spec's
+    uniform prior otherwise (0 = uniform only, 1 = factory-fitted only); the fit leaves out the
+    ``eval.n_factory`` factory targets, and the test split stays uniform
+    (``training.data.training_factory_prior``). ``frozen`` pins parameters (name ->
     normalized value) in every sampled preset; frozen parameters are not predicted.
     """
 

@@ -147,15 +147,20 @@ def sample_presets(
 
 
 def split_presets(cfg: DataConfig, split: str, factory_prior: FactoryPrior | None = None) -> np.ndarray:
-    """The deterministic presets [n_split, n_params] of ``split`` (train / val / test)."""
+    """The deterministic presets [n_split, n_params] of ``split`` (train / val / test).
+
+    The test split always comes from the uniform prior, so the ``random`` targets are the same
+    presets whatever ``data.factory_prior_weight`` a run trains with (figures stay comparable).
+    Train and val mix in ``factory_prior`` (:func:`training_factory_prior`) at that weight."""
     synth = synth_of(cfg)
     if split == GALLERY:
         split = "train"
     n = split_sizes(cfg)[split]
-    if cfg.factory_prior_weight > 0 and factory_prior is None:
-        factory_prior = fit_factory_prior(synth.spec, factory_presets(synth)[1])
+    weight = 0.0 if split == "test" else cfg.factory_prior_weight
+    if weight > 0 and factory_prior is None:
+        raise ValueError("data.factory_prior_weight > 0: pass the prior, training_factory_prior(cfg, eval.n_factory)")
     rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM[split]])
-    return sample_presets(synth, rng, n, factory_prior, cfg.factory_prior_weight, dict(cfg.frozen))
+    return sample_presets(synth, rng, n, factory_prior if weight > 0 else None, weight, dict(cfg.frozen))
 
 
 def split_notes(cfg: DataConfig, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,12 +189,30 @@ def split_sizes(cfg: DataConfig) -> dict[str, int]:
     return {s: sizes[s] for s in dataset_splits(cfg)}
 
 
+def _factory_eval_indices(cfg: DataConfig, n_corpus: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM["factory"]])
+    return np.sort(rng.choice(n_corpus, size=min(n, n_corpus), replace=False))
+
+
 def factory_eval_presets(cfg: DataConfig, n: int) -> tuple[list[str], np.ndarray]:
     """``n`` factory presets (names, normalized), a fixed pseudo-random choice given ``data.seed``."""
     names, normalized = factory_presets(synth_of(cfg))
-    rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM["factory"]])
-    idx = np.sort(rng.choice(len(names), size=min(n, len(names)), replace=False))
+    idx = _factory_eval_indices(cfg, len(names), n)
     return [names[i] for i in idx], normalized[idx]
+
+
+def training_factory_prior(cfg: DataConfig, n_eval_factory: int) -> FactoryPrior | None:
+    """The factory prior the training and validation presets mix in (``data.factory_prior_weight``;
+    None at 0): fitted to the synth's human presets except the ``n_eval_factory`` that the evaluation
+    scores (:func:`factory_eval_presets`, ``eval.n_factory``) and their copies elsewhere in the corpus,
+    so the factory targets stay held out."""
+    if cfg.factory_prior_weight <= 0:
+        return None
+    synth = synth_of(cfg)
+    names, normalized = factory_presets(synth)
+    held = {row.tobytes() for row in normalized[_factory_eval_indices(cfg, len(names), n_eval_factory)]}
+    keep = np.array([row.tobytes() not in held for row in normalized], dtype=bool)
+    return fit_factory_prior(synth.spec, normalized[keep])
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -319,7 +342,8 @@ class Dataset:
 def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | None) -> dict[str, Any]:
     """Everything that determines the dataset's content (not ``workers``, ``backend``,
     ``ray_address`` or ``cache_dir``: every backend renders the same files; not
-    ``train_on_gallery``, which only chooses what training reads)."""
+    ``train_on_gallery``, which only chooses what training reads). With a factory prior, also
+    that the test split is uniform (datasets made before it was are not reused)."""
     fields = dataclasses.asdict(cfg)
     for k in ("workers", "backend", "ray_address", "cache_dir", "train_on_gallery"):
         fields.pop(k)
@@ -333,7 +357,7 @@ def data_fingerprint(cfg: DataConfig, spec: SynthSpec, prior: FactoryPrior | Non
         "data": fields,
         "spec_sha256": spec_hash,
         "factory_prior_sha256": prior.digest() if prior is not None else None,
-    }
+    } | ({"test_prior": "uniform"} if prior is not None else {})
 
 
 def dataset_dir(cfg: DataConfig, fingerprint: dict[str, Any]) -> Path:
@@ -342,11 +366,18 @@ def dataset_dir(cfg: DataConfig, fingerprint: dict[str, Any]) -> Path:
     return Path(cfg.cache_dir) / f"{name}-{digest}"
 
 
-def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], None] = print) -> Dataset:
-    """Load the dataset for ``cfg``, rendering whatever shards are missing or damaged."""
+def build_dataset(cfg: DataConfig, progress: bool = True, log: Callable[[str], None] = print,
+                  n_eval_factory: int | None = None) -> Dataset:
+    """Load the dataset for ``cfg``, rendering whatever shards are missing or damaged.
+
+    ``n_eval_factory`` (``eval.n_factory``) is needed with ``data.factory_prior_weight`` > 0: the
+    factory presets the evaluation scores are left out of the prior (:func:`training_factory_prior`)."""
     synth = synth_of(cfg)
     spec = synth.spec
-    prior = fit_factory_prior(spec, factory_presets(synth)[1]) if cfg.factory_prior_weight > 0 else None
+    if cfg.factory_prior_weight > 0 and n_eval_factory is None:
+        raise ValueError("data.factory_prior_weight > 0: build_dataset needs n_eval_factory (eval.n_factory), "
+                         "the factory presets held out of the prior")
+    prior = training_factory_prior(cfg, n_eval_factory or 0)
     fingerprint = data_fingerprint(cfg, spec, prior)
     root = dataset_dir(cfg, fingerprint)
     root.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,10 @@ def load_targets(kind: str, n: int, cfg: Any, renderer: Any, note: int | str = "
             names, presets = factory_eval_presets(data, n)
         audio, ok = renderer.render_at(presets, [data.note] * len(presets))
         notes_text = []
+        if kind == "factory" and data.factory_prior_weight > 0 and n != cfg.eval.n_factory:
+            notes_text.append(f"the run's factory prior holds out the eval.n_factory = {cfg.eval.n_factory} factory "
+                              f"presets of its own evaluation; a choice of {n} differs, so some of these targets were "
+                              f"in the prior's fit (use --n {cfg.eval.n_factory} for held-out figures)")
         if not ok.all():
             notes_text.append(f"{int((~ok).sum())} target preset(s) failed to render and were dropped")
         names = [nm for nm, k in zip(names, ok) if k]
@@ -326,7 +330,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> tu
         n_lookup = cfg.eval.lookup_candidates if has_proxy else 0
         if not args.no_dataset:
             say("[eval] loading the run's training set (for the mean preset and nearest neighbour)")
-            dataset = build_dataset(data, progress=False, log=say)
+            dataset = build_dataset(data, progress=False, log=say, n_eval_factory=cfg.eval.n_factory)
             emb = logmel_embeddings(dataset.lookup.audio, sr)  # the training presets at data.note
             t0 = time.perf_counter()
             near = nearest_neighbour(emb, logmel_embeddings(targets.model_input, sr), k=max(n_lookup, 1))

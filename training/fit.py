@@ -59,13 +59,13 @@ def dataset_bytes(cfg: Config) -> tuple[int, int, Path, int, int]:
     presets x channels x samples x bytes per sample, plus the parameter arrays."""
     import numpy as np
 
-    from training.data import data_fingerprint, dataset_dir, factory_presets, fit_factory_prior, split_sizes, synth_of
+    from training.data import data_fingerprint, dataset_dir, split_sizes, synth_of, training_factory_prior
 
     d = cfg.data
     synth = synth_of(d)
     n = sum(split_sizes(d).values())
     per = synth.channels * d.n_samples * np.dtype(d.audio_dtype).itemsize + synth.spec.n_params * (8 + 4) + 16
-    prior = fit_factory_prior(synth.spec, factory_presets(synth)[1]) if d.factory_prior_weight > 0 else None
+    prior = training_factory_prior(d, cfg.eval.n_factory)
     root = dataset_dir(d, data_fingerprint(d, synth.spec, prior))
     have = sum(f.stat().st_size for f in root.glob("*.npz")) if root.is_dir() else 0
     return int(n * per), int(have), root, int(synth.channels), int(n)

@@ -175,7 +175,7 @@ def train_and_evaluate(cfg: Config, *, progress: bool = True, stop_after_step: i
     layout = head_layout(synth.spec, cfg.data.frozen)
     (run_dir / "layout.json").write_text(json.dumps(layout.describe(), indent=1))
 
-    dataset = build_dataset(cfg.data, progress=progress, log=log)
+    dataset = build_dataset(cfg.data, progress=progress, log=log, n_eval_factory=cfg.eval.n_factory)
     data_seconds = time.perf_counter() - t_start
     train = dataset.training_split(cfg.data.train_on_gallery)
     if len(train) > len(dataset.train):
