@@ -80,8 +80,8 @@ def test_factory_prior_matches_factory_frequencies_and_mixes():
 def test_factory_prior_holds_out_the_factory_targets_and_leaves_the_test_split_uniform(tmp_path):
     uniform = tiny(tmp_path, "data.n_test=40").data
     cfg = tiny(tmp_path, "data.n_test=40", "data.factory_prior_weight=0.5").data
-    names, fac = factory_presets("amsynth")
-    held_names, held = factory_eval_presets(cfg, 256)
+    _, fac = factory_presets("amsynth")
+    _, held = factory_eval_presets(cfg, 256)
     prior = training_factory_prior(cfg, 256)
     assert training_factory_prior(uniform, 256) is None
     # fitted to the corpus without the 256 presets the evaluation scores (rows, not names: names repeat)

@@ -61,7 +61,8 @@ def spectral_gradient_agreement(run_dir: str | Path, n_sounds: int = 64, batch: 
 
     pred = load_predictor(run_dir, "best")
     cfg, layout = pred.cfg, pred.layout
-    data = build_dataset(cfg.data, progress=False, log=lambda *_: None, n_eval_factory=cfg.eval.n_factory).lookup  # at data.note: the proxy's note
+    data = build_dataset(cfg.data, progress=False, log=lambda *_: None,
+                         n_eval_factory=cfg.eval.n_factory).lookup  # at data.note: the proxy's note
     model = make_model(cfg.model, layout)
     render_fn, distance_fn = make_proxy_render(cfg.data), make_distance_fn(cfg.loss)
 
